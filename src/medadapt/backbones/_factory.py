@@ -1,0 +1,173 @@
+"""Backbone addresses, the source registry and ``create_backbone``."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import yaml
+
+from .._registry import Registry
+from ..errors import ConfigError
+from .adapt import adapt_first_conv
+from .base import CHANNEL_MODES, Backbone
+
+__all__ = [
+    "BackboneAddress",
+    "BackboneSource",
+    "SOURCES",
+    "create_backbone",
+    "list_backbones",
+    "catalog",
+    "adapt_channels",
+]
+
+log = logging.getLogger(__name__)
+
+
+class BackboneSource(Protocol):
+    """A source module (timm, hf, open_clip) registers one of these in :data:`SOURCES`."""
+
+    def __call__(
+        self,
+        address: BackboneAddress,
+        *,
+        pretrained: bool,
+        weights: str | None,
+        img_size: tuple[int, int],
+        data_chans: int,
+        channel_mode: str,
+    ) -> Backbone: ...
+
+
+SOURCES: Registry[BackboneSource] = Registry("backbone source")
+
+
+def _lazy_source(module: str) -> BackboneSource:
+    # Source modules import their heavy library (transformers, open_clip) only when used.
+    def create(address: BackboneAddress, **kwargs: Any) -> Backbone:
+        return importlib.import_module(f"{__package__}.{module}").create(address, **kwargs)
+
+    return create
+
+
+for _name, _module in {"timm": "_timm", "hf": "_hf", "open_clip": "_open_clip"}.items():
+    SOURCES.register(_name, _lazy_source(_module))
+
+
+@dataclass(frozen=True)
+class BackboneAddress:
+    """``source:name[?key=value&...]``; query keys are passed to the model constructor (tiny test models)."""
+
+    source: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> BackboneAddress:
+        text = resolve_alias(text)
+        source, sep, rest = text.partition(":")
+        if not sep or not rest:
+            raise ConfigError(
+                f"backbone {text!r} is not an address; write SOURCE:NAME with SOURCE one of "
+                f"{sorted(SOURCES)} (e.g. timm:vit_small_patch14_dinov2.lvd142m, hf:microsoft/rad-dino), "
+                "or a catalogue name from `medadapt list backbones`"
+            )
+        if source not in SOURCES:
+            raise ConfigError(SOURCES.unknown_message(source) + f" in backbone address {text!r}")
+        name, _, query = rest.partition("?")
+        kwargs = {k: yaml.safe_load(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
+        return cls(source, name, kwargs)
+
+    def __str__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
+        return f"{self.source}:{self.name}" + (f"?{query}" if query else "")
+
+
+def catalog() -> list[dict[str, Any]]:
+    """The curated backbone catalogue (``catalog/backbones.yaml``): alias, address, family, license."""
+    text = resources.files("medadapt").joinpath("catalog/backbones.yaml").read_text()
+    return yaml.safe_load(text)["backbones"]
+
+
+def resolve_alias(text: str) -> str:
+    if ":" in text:
+        return text
+    for entry in catalog():
+        if entry["alias"] == text:
+            return entry["address"]
+    return text
+
+
+def list_backbones(pattern: str = "*") -> list[dict[str, Any]]:
+    """Catalogue entries whose alias or address matches the glob ``pattern``."""
+    return [
+        e
+        for e in catalog()
+        if fnmatch.fnmatchcase(e["alias"], pattern) or fnmatch.fnmatchcase(e["address"], pattern)
+    ]
+
+
+def adapt_channels(
+    model, *, data_chans: int, channel_mode: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[int, tuple[float, ...], tuple[float, ...], str]:
+    """Adapt ``model`` to the data's channels; returns ``(in_chans, mean, std, applied_mode)``."""
+    if channel_mode not in CHANNEL_MODES:
+        raise ConfigError(f"--channel-mode {channel_mode!r} is not valid; choose one of {list(CHANNEL_MODES)}")
+    if data_chans == 3:
+        return 3, tuple(mean), tuple(std), "none"
+    if data_chans != 1:
+        raise ConfigError(f"images with {data_chans} channels are not supported; use 1 (gray) or 3 (RGB)")
+    if channel_mode == "repeat":
+        return 3, tuple(mean), tuple(std), "repeat"
+    adapt_first_conv(model, mode=channel_mode, mean=tuple(mean), std=tuple(std))
+    return 1, (0.0,), (1.0,), channel_mode
+
+
+def _as_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ConfigError(f"image size must be a positive int or (H, W), got {img_size!r}")
+    return int(hw[0]), int(hw[1])
+
+
+def create_backbone(
+    address: str | BackboneAddress,
+    *,
+    pretrained: bool = True,
+    weights: str | None = None,
+    img_size: int | tuple[int, int] = 224,
+    data_chans: int = 3,
+    channel_mode: str = "sum",
+) -> Backbone:
+    """Build a backbone from its address, adapted to the data's channels and input size.
+
+    Args:
+        address: ``timm:NAME[.TAG]``, ``hf:ORG/NAME``, ``open_clip:NAME`` or a catalogue alias.
+        pretrained: load the source's pretrained weights from its hub (ignored when ``weights`` is given).
+        weights: a local weights file (safetensors, or ``.pth``/``.pt``/``.bin`` loaded with
+            ``weights_only=True``), or a directory in the source's own format.
+        img_size: input size the model will run at; position embeddings are interpolated (bicubic).
+        data_chans: channels of the images (1 for gray).
+        channel_mode: how gray images meet an RGB model, one of ``sum``, ``mean``, ``first``, ``repeat``.
+
+    Example:
+        >>> bb = create_backbone("timm:resnet18", pretrained=False, img_size=64, data_chans=1)
+        >>> bb.forward_features(torch.zeros(2, 1, 64, 64)).embedding.shape
+        torch.Size([2, 512])
+    """
+    addr = address if isinstance(address, BackboneAddress) else BackboneAddress.parse(address)
+    factory = SOURCES.get(addr.source)
+    return factory(
+        addr,
+        pretrained=pretrained and weights is None,
+        weights=weights,
+        img_size=_as_hw(img_size),
+        data_chans=data_chans,
+        channel_mode=channel_mode,
+    )

@@ -1,0 +1,95 @@
+"""The one backbone contract every source (timm, transformers, open_clip) adapts to.
+
+A :class:`Backbone` wraps a model and exposes
+
+* ``forward_features(x) -> Features(embedding [B, D], tokens [B, N, D], grid (h, w))``: the global
+  embedding ([CLS], the model's own pooled output, or mean-pooled tokens where there is no [CLS], as in
+  SAM2/Hiera and CNNs) and the patch tokens / flattened last feature map in row-major order,
+* ``num_features`` (D),
+* ``layer_groups()``: modules ordered from input to output (stem, blocks/stages, final norm), for gradual
+  unfreezing and layer-wise LR decay,
+* ``spec``: a frozen :class:`BackboneSpec` from which preprocessing is derived (mean, std, input size, the
+  number of input channels after channel adaptation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "BackboneSpec", "Features", "CHANNEL_MODES"]
+
+#: How single-channel images meet a model trained on RGB. ``sum``/``mean``/``first`` rewrite the first
+#: convolution to take one channel; ``repeat`` copies gray to three channels in the data instead.
+CHANNEL_MODES = ("sum", "mean", "first", "repeat")
+
+
+class Features(NamedTuple):
+    embedding: torch.Tensor  # [B, D]
+    tokens: torch.Tensor  # [B, N, D], patch tokens only (no [CLS] / register tokens)
+    grid: tuple[int, int]  # (h, w) with h * w == N
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything that determines what a backbone computes, minus its weights' values.
+
+    ``mean``/``std``/``in_chans`` describe the tensor the adapted model expects: after a ``sum``/``mean``/
+    ``first`` channel adaptation the normalisation is folded into the first convolution, so a gray image
+    scaled to [0, 1] goes in with ``mean=(0.0,)``, ``std=(1.0,)``.
+    """
+
+    address: str
+    source: str
+    num_features: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_chans: int = 3
+    data_chans: int = 3
+    channel_mode: str = "none"
+    patch_size: int | None = None
+    pretrained: str | None = None  # "hub:<id>", "file:<path>" or None for random init
+    weights_digest: str = "random"
+    license: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Backbone(nn.Module):
+    """Base class of source adapters; subclasses implement ``_forward_features`` and ``layer_groups``."""
+
+    spec: BackboneSpec
+
+    def __init__(self, model: nn.Module, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    @property
+    def num_features(self) -> int:
+        return self.spec.num_features
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        return self._forward_features(x)
+
+    def _forward_features(self, x: torch.Tensor) -> Features:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x).embedding
+
+    def layer_groups(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def tokens_from_map(fmap: torch.Tensor) -> Features:
+    """Features of a CNN / hierarchical feature map ``[B, D, h, w]``: mean-pooled embedding + flat tokens."""
+    b, d, h, w = fmap.shape
+    tokens = fmap.flatten(2).transpose(1, 2)
+    return Features(tokens.mean(1), tokens, (h, w))
