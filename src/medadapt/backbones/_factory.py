@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import importlib
 import logging
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
+import torch
 import yaml
 
 from .._registry import Registry
@@ -85,8 +87,12 @@ class BackboneAddress:
         return cls(source, name, kwargs)
 
     def __str__(self) -> str:
-        query = "&".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
+        query = "&".join(f"{k}={_fmt(v)}" for k, v in sorted(self.kwargs.items()))
         return f"{self.source}:{self.name}" + (f"?{query}" if query else "")
+
+
+def _fmt(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def catalog() -> list[dict[str, Any]]:
@@ -163,11 +169,27 @@ def create_backbone(
     """
     addr = address if isinstance(address, BackboneAddress) else BackboneAddress.parse(address)
     factory = SOURCES.get(addr.source)
-    return factory(
+    hw = _as_hw(img_size)
+    backbone = factory(
         addr,
         pretrained=pretrained and weights is None,
         weights=weights,
-        img_size=_as_hw(img_size),
+        img_size=hw,
         data_chans=data_chans,
         channel_mode=channel_mode,
     )
+    _check_runs(backbone, hw)
+    return backbone
+
+
+def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
+    """One tiny forward pass, so an input size the architecture cannot take fails here with a clear message."""
+    x = torch.zeros(1, backbone.spec.in_chans, *hw)
+    try:
+        with torch.inference_mode():
+            backbone.forward_features(x)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise ConfigError(
+            f"{backbone.spec.address} cannot run on {hw[0]}x{hw[1]} inputs ({type(e).__name__}: {e}); "
+            "choose another --size (e.g. 224, or a multiple of the patch size / total stride)"
+        ) from e

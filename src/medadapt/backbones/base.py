@@ -6,8 +6,9 @@ A :class:`Backbone` wraps a model and exposes
   embedding ([CLS], the model's own pooled output, or mean-pooled tokens where there is no [CLS], as in
   SAM2/Hiera and CNNs) and the patch tokens / flattened last feature map in row-major order,
 * ``num_features`` (D),
-* ``layer_groups()``: modules ordered from input to output (stem, blocks/stages, final norm), for gradual
-  unfreezing and layer-wise LR decay,
+* ``layer_groups()``: parameter names (as in ``named_parameters()``) grouped and ordered from input to
+  output (stem, blocks/stages, final norm), each parameter in exactly one group, for gradual unfreezing and
+  layer-wise LR decay; sources with a module list build it with :func:`groups_from_modules`,
 * ``spec``: a frozen :class:`BackboneSpec` from which preprocessing is derived (mean, std, input size, the
   number of input channels after channel adaptation).
 """
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "BackboneSpec", "Features", "CHANNEL_MODES"]
+__all__ = ["Backbone", "BackboneSpec", "Features", "CHANNEL_MODES", "groups_from_modules", "tokens_from_map"]
 
 #: How single-channel images meet a model trained on RGB. ``sum``/``mean``/``first`` rewrite the first
 #: convolution to take one channel; ``repeat`` copies gray to three channels in the data instead.
@@ -84,8 +85,24 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).embedding
 
-    def layer_groups(self) -> list[nn.Module]:  # pragma: no cover - abstract
+    def layer_groups(self) -> list[list[str]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def groups_from_modules(backbone: nn.Module, modules: list[nn.Module]) -> list[list[str]]:
+    """Parameter-name groups from ordered modules; parameters outside them join the nearest group.
+
+    Parameters not owned by any listed module (e.g. a [CLS] token on the root) go to the first group if they
+    come before the first listed module in registration order, otherwise to the last.
+    """
+    owner = {id(p): i for i, m in enumerate(modules) for p in m.parameters()}
+    groups: list[list[str]] = [[] for _ in modules]
+    seen_first = False
+    for name, p in backbone.named_parameters():
+        i = owner.get(id(p))
+        seen_first = seen_first or i is not None
+        groups[i if i is not None else (-1 if seen_first else 0)].append(name)
+    return [g for g in groups if g]
 
 
 def tokens_from_map(fmap: torch.Tensor) -> Features:

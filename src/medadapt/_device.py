@@ -1,0 +1,60 @@
+"""Device selection, bf16 autocast and seeding helpers shared by extraction and training."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["resolve_device", "autocast_context", "seeded"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else CPU; anything else is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r} is not a device name (e.g. auto, cpu, cuda, cuda:1)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def _native_bf16(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast_context(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast where the device runs bf16 natively (CUDA, CPUs with AVX512-BF16/AMX); else a no-op.
+
+    On CPUs without native bf16, autocast is emulated and much slower, so it stays off there.
+    """
+    dev = torch.device(device)
+    if enabled and _native_bf16(dev):
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Seed torch's CPU RNG (and ``device``'s, if CUDA) inside a fork; the global state is restored on exit."""
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield

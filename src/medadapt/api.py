@@ -1,0 +1,193 @@
+"""The Python API; every CLI subcommand calls one of these with the same arguments.
+
+Example:
+    >>> import medadapt
+    >>> table = medadapt.probe(dataset="medmnist:breastmnist", backbone="timm:resnet18",
+    ...                        pretrained=False, head="linear", size=28, out="runs/demo")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ._device import resolve_device, seeded
+from .backbones import create_backbone
+from .config import ProbeConfig
+from .data import SPLITS, MedicalDataset, load_dataset
+from .data.transforms import Preprocess
+from .evaluation.metrics import compute_metrics
+from .features import FeatureSet, extract_features
+from .reporting.results import (
+    environment_info,
+    results_rows,
+    save_predictions,
+    write_json,
+    write_results,
+    write_yaml,
+)
+from .training.probe import train_probe
+
+__all__ = ["probe", "load_splits"]
+
+log = logging.getLogger(__name__)
+
+
+def load_splits(cfg: ProbeConfig) -> dict[str, MedicalDataset]:
+    """The train / val / test splits of ``cfg.dataset``."""
+    opts: dict[str, Any] = {"root": cfg.data_root, "skip_bad": cfg.skip_bad_rows}
+    if cfg.size is not None:
+        opts["size"] = cfg.size
+    return {split: load_dataset(cfg.dataset, split, **opts) for split in SPLITS}
+
+
+def probe(config: ProbeConfig | None = None, /, *, show_progress: bool = False, **kwargs: Any) -> pd.DataFrame:
+    """Frozen-backbone probe: extract (cached) features, train the head grid, report val and test metrics.
+
+    Writes ``out/results.csv``, ``out/predictions/{val,test}.npz`` (``{split}_seed{S}.npz`` when several
+    seeds are run), ``out/config.yaml`` and ``out/env.json``; returns this run's rows of the results table.
+    """
+    cfg = replace(config, **kwargs) if config is not None else ProbeConfig(**kwargs)
+    out = Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    splits = load_splits(cfg)
+    img_size = _image_size(cfg, splits["train"])
+    write_yaml({**cfg.to_dict(), "img_size": img_size}, out / "config.yaml")
+    write_json(environment_info(seed=cfg.seeds, device=str(device)), out / "env.json")
+    frames = []
+    for seed in cfg.seeds:
+        rows = _probe_one_seed(cfg, splits, seed=seed, img_size=img_size, device=device, out=out,
+                               show_progress=show_progress)  # fmt: skip
+        write_results(rows, out / "results.csv")  # after every seed: finished seeds survive a later failure
+        frames.append(pd.DataFrame(rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _image_size(cfg: ProbeConfig, train: MedicalDataset) -> int:
+    if cfg.img_size is not None:
+        return cfg.img_size
+    if cfg.size is not None:
+        return cfg.size
+    return int(max(train[0]["image"].shape[-2:]))
+
+
+def _probe_one_seed(
+    cfg: ProbeConfig,
+    splits: dict[str, MedicalDataset],
+    *,
+    seed: int,
+    img_size: int,
+    device: torch.device,
+    out: Path,
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    train = splits["train"]
+    with seeded(seed):  # random-init backbones differ per seed; pretrained ones do not
+        backbone = create_backbone(
+            cfg.backbone,
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            img_size=img_size,
+            data_chans=train.n_channels,
+            channel_mode=cfg.channel_mode,
+        )
+    preprocess = Preprocess(
+        size=(img_size, img_size),
+        mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+        mean=backbone.spec.mean,
+        std=backbone.spec.std,
+        repeat_channels=backbone.spec.channel_mode == "repeat",
+    )
+    t0 = time.perf_counter()
+    feats = {s: _extract(cfg, backbone, ds, preprocess, device, show_progress) for s, ds in splits.items()}
+    t_extract = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = train_probe(
+        feats["train"],
+        feats["val"],
+        head=cfg.head,
+        task=train.task,
+        num_outputs=train.num_outputs,
+        lrs=cfg.lrs,
+        ks=cfg.ks,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        device=device,
+        autocast=cfg.autocast,
+        head_kwargs=cfg.head_kwargs,
+        progress=_epoch_bar(cfg, seed) if show_progress else None,
+    )
+    t_train = time.perf_counter() - t0
+    ids = dict(
+        run=out.name,
+        dataset=cfg.dataset,
+        backbone=cfg.backbone,
+        strategy="frozen",
+        head=cfg.head,
+        seed=seed,
+        fold=None,
+        pretrained=backbone.spec.pretrained or "random-init",
+        img_size=img_size,
+        selected=";".join(f"{k}={v}" for k, v in result.best.items()),
+    )
+    rows: list[dict[str, Any]] = []
+    for split in ("val", "test"):
+        fs = feats[split]
+        scores = result.predict(fs)
+        name = split if len(cfg.seeds) == 1 else f"{split}_seed{seed}"
+        save_predictions(out, name, labels=fs.labels, scores=scores)
+        rows += results_rows(metrics=compute_metrics(train.task, fs.labels, scores), split=split, **ids)
+    n_images = sum(len(fs) for fs in feats.values())
+    cost = {
+        "backbone_params": sum(p.numel() for p in backbone.parameters()),
+        "head_params": sum(p.numel() for p in result.head.parameters()),
+        "extract_seconds": t_extract,
+        "extract_images_per_second": n_images / t_extract if t_extract > 0 else float("nan"),
+        "train_seconds": t_train,
+    }
+    return rows + results_rows(metrics=cost, split="cost", **ids)
+
+
+def _extract(cfg, backbone, dataset, preprocess, device, show_progress) -> FeatureSet:
+    bar = tqdm(total=len(dataset), desc=f"features {dataset.split}", unit="img", disable=not show_progress)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        return extract_features(
+            backbone,
+            dataset,
+            preprocess,
+            cache_dir=cfg.cache_dir,
+            with_tokens=cfg.head == "attention",
+            batch_size=cfg.extract_batch_size,
+            device=device,
+            autocast=cfg.autocast,
+            num_workers=cfg.num_workers,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+
+
+def _epoch_bar(cfg: ProbeConfig, seed: int):
+    bar = tqdm(total=cfg.epochs, desc=f"{cfg.head} probe (seed {seed})", unit="epoch")
+
+    def progress(epoch: int, epochs: int, record: dict) -> None:
+        bar.update(epoch - bar.n)
+        if epoch == epochs:
+            bar.close()
+
+    return progress

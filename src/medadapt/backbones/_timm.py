@@ -1,0 +1,138 @@
+"""timm source: ``timm:NAME[.TAG][?kwarg=value&...]``.
+
+Model code, pretrained configs, checkpoint conversion (including the official DINOv2 release format and
+position-embedding resampling) and parameter grouping all come from timm; this module only adapts them to
+the :class:`~medadapt.backbones.base.Backbone` contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, WeightsError
+from ._factory import BackboneAddress, adapt_channels
+from ._weights import hub_hint, load_state_dict_file
+from .base import Backbone, BackboneSpec, Features, tokens_from_map
+
+__all__ = ["create", "TimmBackbone"]
+
+log = logging.getLogger(__name__)
+
+
+class TimmBackbone(Backbone):
+    """A timm model as a backbone: global = the model's own pre-logits pooling, tokens = patch tokens."""
+
+    def _forward_features(self, x: torch.Tensor) -> Features:
+        feats = self.model.forward_features(x)
+        embedding = self.model.forward_head(feats, pre_logits=True)
+        if feats.ndim == 4:  # CNN / hierarchical feature map
+            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                feats = feats.permute(0, 3, 1, 2)
+            return Features(embedding, *tokens_from_map(feats)[1:])
+        tokens = feats[:, getattr(self.model, "num_prefix_tokens", 0) :]
+        return Features(embedding, tokens, _token_grid(self.model, x, tokens.shape[1]))
+
+    def layer_groups(self) -> list[list[str]]:
+        from timm.models import group_parameters
+
+        groups = group_parameters(self.model, self.model.group_matcher(coarse=False))
+        return [[f"model.{n}" for n in groups[k]] for k in sorted(groups)]
+
+
+def _token_grid(model: nn.Module, x: torch.Tensor, n: int) -> tuple[int, int]:
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and hasattr(pe, "dynamic_feat_size"):
+        grid = tuple(pe.dynamic_feat_size(tuple(x.shape[-2:])))
+    elif pe is not None and hasattr(pe, "grid_size"):
+        grid = tuple(pe.grid_size)
+    else:
+        grid = (1, n)
+    return grid if grid[0] * grid[1] == n else (1, n)
+
+
+def _create_model(name: str, *, pretrained: bool, overlay: dict, img_size: tuple[int, int], kwargs: dict):
+    import timm
+
+    base = dict(pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay, **kwargs)
+    try:
+        return timm.create_model(name, img_size=img_size, **base)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(name, **base)  # CNNs take any size without being told
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+        raise ConfigError(
+            f"timm has no model {arch!r}; similar: {close}. See `medadapt list backbones` or timm.list_models()"
+        )
+
+
+def create(
+    address: BackboneAddress,
+    *,
+    pretrained: bool,
+    weights: str | None,
+    img_size: tuple[int, int],
+    data_chans: int,
+    channel_mode: str,
+) -> TimmBackbone:
+    _check_name(address.name)
+    overlay: dict[str, Any] = {}
+    if weights is not None:
+        overlay["state_dict"] = load_state_dict_file(weights)
+    try:
+        model = _create_model(
+            address.name,
+            pretrained=pretrained or weights is not None,
+            overlay=overlay,
+            img_size=img_size,
+            kwargs=address.kwargs,
+        )
+    except (RuntimeError, OSError, ValueError) as e:
+        if weights is not None:
+            raise WeightsError(f"weights file {weights!r} does not fit timm:{address.name}: {e}") from e
+        if not pretrained:
+            raise
+        raise WeightsError(_offline_message(address) + f" ({type(e).__name__}: {e})") from e
+    cfg = model.pretrained_cfg
+    in_chans, mean, std, mode = adapt_channels(
+        model, data_chans=data_chans, channel_mode=channel_mode, mean=cfg["mean"], std=cfg["std"]
+    )
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = int(patch[0]) if isinstance(patch, (tuple, list)) else patch
+    if patch and (img_size[0] % patch or img_size[1] % patch):
+        log.warning("input %s is not a multiple of the patch size %d: the border is not seen", img_size, patch)
+    spec = BackboneSpec(
+        address=str(address),
+        source="timm",
+        num_features=int(getattr(model, "head_hidden_size", None) or model.num_features),
+        input_size=img_size,
+        mean=mean,
+        std=std,
+        in_chans=in_chans,
+        data_chans=data_chans,
+        channel_mode=mode,
+        patch_size=patch,
+        pretrained=f"file:{weights}" if weights else (f"hub:{cfg.get('hf_hub_id') or address.name}" if pretrained else None),
+        license=cfg.get("license"),
+    )
+    return TimmBackbone(model, spec)
+
+
+def _offline_message(address: BackboneAddress) -> str:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(address.name) if "." in address.name else None
+    cfg = cfg or timm.models.get_pretrained_cfg(address.name.split(".")[0])
+    repo = (cfg.hf_hub_id if cfg and cfg.hf_hub_id else f"timm/{address.name}").split("@")[0]
+    return hub_hint(f"timm:{address.name}", repo, "model.safetensors")

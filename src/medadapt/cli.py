@@ -1,0 +1,135 @@
+"""``medadapt`` command line: a thin table of subcommands over the Python API.
+
+Every user error becomes one line on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import MedadaptError
+
+__all__ = ["main"]
+
+log = logging.getLogger("medadapt")
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="frozen backbone + linear / attention / kNN probe",
+        description="Extract frozen features once (cached), train a grid of probes, report val/test metrics.",
+    )
+    p.add_argument("--config", help="YAML file of settings (flags override it)")
+    p.add_argument("--dataset", help="dataset address, e.g. medmnist:breastmnist or csv:/data/labels.csv")
+    p.add_argument("--backbone", help="backbone address or catalogue name, e.g. timm:vit_small_patch14_dinov2.lvd142m")
+    p.add_argument("--head", choices=["linear", "attention", "knn"])
+    p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
+    p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
+    p.add_argument("--resize-mode", help="resize (interpolate) or pad (zero-pad, MedMNIST+)")
+    p.add_argument("--interpolation", help="nearest, bilinear or bicubic")
+    p.add_argument("--channel-mode", help="gray images: sum, mean, first (fold into the first conv) or repeat")
+    p.add_argument("--weights", help="local weights file (safetensors / .pth) or HF directory")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None,
+                   help="random initialisation (recorded in the results)")  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--lrs", type=float, nargs="+", help="LR grid trained in one pass (default 1e-3 ... 1e-5)")
+    p.add_argument("--ks", type=int, nargs="+", help="k grid for the kNN head")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--extract-batch-size", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-autocast", dest="autocast", action="store_const", const=False, default=None,
+                   help="run in fp32 instead of bf16 autocast")  # fmt: skip
+    p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
+    p.add_argument("--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--skip-bad-rows", action="store_const", const=True, default=None,
+                   help="drop unreadable / unlabelled rows of a CSV dataset and report how many")  # fmt: skip
+    p.add_argument("--out", help="output directory (default runs/probe)")
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from .api import probe
+    from .config import ProbeConfig, load_yaml, merge_config
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "verbose")}
+    layers = [load_yaml(args.config)] if args.config else []
+    cfg = merge_config(ProbeConfig, *layers, flags)
+    table = probe(cfg, show_progress=True)
+    shown = table[table["split"].isin(["val", "test"]) & table["metric"].isin(["auc", "acc"])]
+    print(shown.pivot_table(index=["seed"], columns=["split", "metric"], values="value").round(4).to_string())
+    print(f"results: {cfg.out}/results.csv")
+    return 0
+
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list registered backbones, datasets, heads or metrics")
+    p.add_argument("what", choices=["backbones", "datasets", "heads", "metrics"])
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*dinov2*'")
+    p.set_defaults(func=_run_list)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    lister: dict[str, Callable[[str], list[str]]] = {
+        "backbones": _list_backbones,
+        "datasets": _list_datasets,
+        "heads": lambda pat: __import__("medadapt.heads", fromlist=["HEADS"]).HEADS.list(pat),
+        "metrics": lambda pat: __import__("medadapt.evaluation.metrics", fromlist=["METRICS"]).METRICS.list(pat),
+    }
+    lines = lister[args.what](args.pattern)
+    print("\n".join(lines) if lines else f"no {args.what} match {args.pattern!r}")
+    return 0
+
+
+def _list_backbones(pattern: str) -> list[str]:
+    from .backbones import list_backbones
+
+    rows = list_backbones(pattern)
+    width = max((len(r["alias"]) for r in rows), default=0)
+    return [f"{r['alias']:<{width}}  {r['address']}  ({r['license']})" for r in rows]
+
+
+def _list_datasets(pattern: str) -> list[str]:
+    import fnmatch
+
+    from .data.medmnist import flags
+
+    names = [f"medmnist:{f}" for f in flags()] + ["csv:PATH.csv", "folder:DIR"]
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(":", 1)[1], pattern)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medadapt",
+        description="Which foundation model, adapted how, works best on my medical images, at what cost?",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_list(sub)
+    _add_probe(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MedadaptError as e:
+        print(f"medadapt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medadapt: interrupted; finished seeds and cached features are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

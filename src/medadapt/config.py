@@ -1,0 +1,117 @@
+"""Typed run configuration: defaults < YAML (``--config run.yaml``) < CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .backbones.base import CHANNEL_MODES
+from .errors import ConfigError
+
+__all__ = ["ProbeConfig", "load_yaml", "merge_config"]
+
+HEAD_NAMES = ("linear", "attention", "knn")
+RESIZE_MODES = ("resize", "pad")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def _choice(value: Any, valid: tuple, flag: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{flag} {value!r} is not valid; choose one of {list(valid)}")
+
+
+def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class ProbeConfig:
+    """A frozen-probe run: one dataset, one backbone, one head, one or more seeds.
+
+    ``size`` picks the dataset's stored resolution (MedMNIST 28/64/128/224); ``img_size`` is what the
+    backbone sees (default: ``size``), reached by ``resize_mode`` ``resize`` (interpolation) or ``pad``
+    (centered zero padding, the MedMNIST+ protocol).
+    """
+
+    dataset: str
+    backbone: str
+    out: str = "runs/probe"
+    head: str = "linear"
+    size: int | None = None
+    img_size: int | None = None
+    resize_mode: str = "resize"
+    interpolation: str = "bicubic"
+    channel_mode: str = "sum"
+    pretrained: bool = True
+    weights: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    epochs: int = 30
+    batch_size: int = 256
+    weight_decay: float = 1e-4
+    extract_batch_size: int = 64
+    device: str = "auto"
+    autocast: bool = True
+    data_root: str | None = None
+    cache_dir: str | None = None
+    num_workers: int = 0
+    skip_bad_rows: bool = False
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice(self.head, HEAD_NAMES, "--head")
+        _choice(self.resize_mode, RESIZE_MODES, "--resize-mode")
+        _choice(self.interpolation, INTERPOLATIONS, "--interpolation")
+        _choice(self.channel_mode, CHANNEL_MODES, "--channel-mode")
+        _positive(self.size, "--size", allow_none=True)
+        _positive(self.img_size, "--img-size", allow_none=True)
+        for name in ("epochs", "batch_size", "extract_batch_size"):
+            _positive(getattr(self, name), f"--{name.replace('_', '-')}")
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise ConfigError(f"--seeds must be one or more integers, got {self.seeds!r}")
+        if not self.lrs or not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
+            raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
+        if not self.ks or not all(isinstance(k, int) and k > 0 for k in self.ks):
+            raise ConfigError(f"--ks must be positive integers, got {self.ks!r}")
+        if self.weights is not None and not Path(self.weights).expanduser().exists():
+            raise ConfigError(f"--weights {self.weights!r} does not exist; give the path of a local weights file")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of config keys (the dataclass field names; dashes allowed)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"--config {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {str(p)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def merge_config(cls: type, *layers: dict[str, Any]):
+    """Build ``cls`` from dicts applied in order (later wins; ``None`` values in a layer are ignored)."""
+    valid = {f.name for f in fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        unknown = sorted(set(layer) - valid)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in merged]  # noqa: E501
+    if missing:
+        raise ConfigError(f"missing required setting(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    return cls(**merged)

@@ -1,0 +1,102 @@
+"""The dataset contract and the dataset-kind registry.
+
+Every dataset returns one sample shape, ``{"image": uint8 Tensor[C, H, W], "label": Tensor, "index": int}``,
+and exposes ``task``, ``classes``, ``n_channels``, ``labels`` (``[N, 1]`` int64 class indices, or ``[N, L]``
+0/1 for multi-label: the MedMNIST layout) and a row-aligned ``metadata`` table (patient id, site, subgroup
+columns) for later subgroup analysis and patient-level splits. Gray images stay one channel: channel
+adaptation is the backbone's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from .._registry import Registry
+from ..errors import ConfigError
+
+__all__ = ["TASKS", "SPLITS", "MedicalDataset", "DatasetAddress", "DATASETS", "load_dataset"]
+
+TASKS = ("binary", "multiclass", "multilabel", "ordinal")
+SPLITS = ("train", "val", "test")
+
+
+class MedicalDataset(torch.utils.data.Dataset):
+    """Base class: subclasses set the attributes below and implement ``image(i) -> uint8 Tensor[C, H, W]``."""
+
+    name: str  # the address it was loaded from
+    split: str
+    task: str
+    classes: list[str]
+    n_channels: int
+    labels: np.ndarray
+    metadata: pd.DataFrame
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the score matrix: number of classes (2 for binary), or of labels for multi-label."""
+        return len(self.classes)
+
+    def image(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.image(i), "label": torch.from_numpy(self.labels[i]), "index": int(i)}
+
+
+@dataclass(frozen=True)
+class DatasetAddress:
+    """``kind:location[?key=value&...]``, e.g. ``medmnist:breastmnist?size=64`` or ``csv:/data/labels.csv``."""
+
+    kind: str
+    location: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> DatasetAddress:
+        kind, sep, rest = text.partition(":")
+        if not sep or not rest:
+            raise ConfigError(
+                f"dataset {text!r} is not an address; write KIND:LOCATION with KIND one of {DATASETS.list()}, "
+                "e.g. medmnist:breastmnist or csv:/path/labels.csv"
+            )
+        if kind not in DATASETS:
+            raise ConfigError(DATASETS.unknown_message(kind) + f" in dataset address {text!r}")
+        location, _, query = rest.partition("?")
+        options = {k: yaml.safe_load(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
+        return cls(kind, location, options)
+
+    def __str__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.kind}:{self.location}" + (f"?{query}" if query else "")
+
+
+#: Dataset kinds. A loader is called as ``loader(address, split, **kwargs)`` and returns a MedicalDataset.
+DATASETS: Registry[Callable[..., MedicalDataset]] = Registry("dataset kind")
+
+
+def load_dataset(address: str | DatasetAddress, split: str, **kwargs: Any) -> MedicalDataset:
+    """Load one split of a dataset by address.
+
+    Keyword arguments (``root``, ``size``, ``download``, ``skip_bad``, ...) go to the kind's loader; options
+    in the address query override nothing and are merged under them.
+
+    Example:
+        >>> ds = load_dataset("medmnist:breastmnist", "train", root="~/.medmnist")  # doctest: +SKIP
+        >>> ds[0]["image"].shape, ds.task, ds.classes
+        (torch.Size([1, 28, 28]), 'binary', ['malignant', 'normal, benign'])
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} is not valid; choose one of {list(SPLITS)}")
+    addr = address if isinstance(address, DatasetAddress) else DatasetAddress.parse(address)
+    return DATASETS.get(addr.kind)(addr, split, **kwargs)

@@ -1,0 +1,235 @@
+"""Extract frozen features once per (backbone + weights, preprocessing, dataset, split, version) and cache them.
+
+Layout of one cache entry ``CACHE/<key>/``: ``embeddings.npy`` ``[N, D]`` float32, ``tokens.npy`` ``[N, T, D]``
+float16 (opened memory-mapped), ``labels.npy`` and ``meta.json``. Extraction streams batches into
+memory-mapped files inside ``CACHE/<key>.partial/`` with a ``progress.json`` written every few batches, so a
+killed run resumes where it stopped; the directory is renamed into place only when complete (atomic), and an
+entry whose files do not match its ``meta.json`` is treated as corrupt and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .._device import autocast_context
+from ..backbones.base import Backbone
+from ..data.base import MedicalDataset
+from ..data.transforms import Preprocess, make_loader
+from .featureset import FeatureSet
+
+__all__ = ["extract_features", "cache_key", "state_digest", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1  # bump when the on-disk layout changes
+
+
+def default_cache_dir() -> Path:
+    """``$MEDADAPT_CACHE``, else ``~/.cache/medadapt/features``."""
+    env = os.environ.get("MEDADAPT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medadapt" / "features"
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, shapes, dtypes, bytes): identifies the weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _dataset_fingerprint(dataset: MedicalDataset) -> str:
+    """Cheap content fingerprint: labels plus the first, middle and last images."""
+    h = hashlib.sha256(np.ascontiguousarray(dataset.labels).tobytes())
+    n = len(dataset)
+    for i in sorted({0, n // 2, n - 1} if n else set()):
+        h.update(dataset[i]["image"].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(backbone: Backbone, preprocess: Preprocess, dataset: MedicalDataset, *, autocast: bool) -> str:
+    parts = {
+        "format": _FORMAT,
+        "version": __version__,
+        "backbone": backbone.spec.to_dict(),
+        "weights": state_digest(backbone),
+        "preprocess": preprocess.describe(),
+        "dataset": [dataset.name, dataset.split, len(dataset), _dataset_fingerprint(dataset)],
+        "autocast": autocast,
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def extract_features(
+    backbone: Backbone,
+    dataset: MedicalDataset,
+    preprocess: Preprocess,
+    *,
+    cache_dir: str | Path | None = None,
+    with_tokens: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    autocast: bool = True,
+    num_workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> FeatureSet:
+    """Frozen features of ``dataset`` (cached; see module doc). ``progress(done, total)`` is called per batch.
+
+    Example:
+        >>> fs = extract_features(bb, ds, Preprocess(size=(64, 64), mean=bb.spec.mean, std=bb.spec.std))  # doctest: +SKIP
+        >>> fs.embeddings.shape
+        (546, 384)
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = cache_key(backbone, preprocess, dataset, autocast=autocast)
+    final = root / key
+    cached = _open_entry(final, need_tokens=with_tokens)
+    if cached is not None:
+        log.info("feature cache hit %s (%s %s)", key, dataset.name, dataset.split)
+        return cached
+    _extract_into(
+        root / f"{key}.partial",
+        backbone,
+        dataset,
+        preprocess,
+        with_tokens=with_tokens,
+        batch_size=batch_size,
+        device=torch.device(device),
+        autocast=autocast,
+        num_workers=num_workers,
+        progress=progress,
+        meta={"key": key, "dataset": dataset.name, "split": dataset.split, "backbone": backbone.spec.address},
+    )
+    if final.exists():  # a corrupt or token-less entry being replaced
+        shutil.rmtree(final)
+    os.replace(root / f"{key}.partial", final)
+    entry = _open_entry(final, need_tokens=with_tokens)
+    assert entry is not None, f"freshly written cache entry {final} does not validate"
+    return entry
+
+
+def _open_entry(path: Path, *, need_tokens: bool) -> FeatureSet | None:
+    """The cached FeatureSet at ``path``, or None if absent, incomplete, corrupt or lacking tokens."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        emb = np.load(path / "embeddings.npy")
+        labels = np.load(path / "labels.npy")
+        tokens = np.load(path / "tokens.npy", mmap_mode="r") if meta["tokens"] else None
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        if path.exists():
+            log.warning("feature cache entry %s is incomplete or corrupt; rebuilding it", path)
+        return None
+    shapes_ok = list(emb.shape) == meta["embeddings_shape"] and len(labels) == meta["n"]
+    if tokens is not None:
+        shapes_ok = shapes_ok and list(tokens.shape) == meta["tokens_shape"]
+    if not shapes_ok:
+        log.warning("feature cache entry %s does not match its meta.json; rebuilding it", path)
+        return None
+    if need_tokens and tokens is None:
+        return None
+    return FeatureSet(emb, labels, tokens, tuple(meta["grid"]) if meta.get("grid") else None)
+
+
+def _extract_into(
+    work: Path,
+    backbone: Backbone,
+    dataset: MedicalDataset,
+    preprocess: Preprocess,
+    *,
+    with_tokens: bool,
+    batch_size: int,
+    device: torch.device,
+    autocast: bool,
+    num_workers: int,
+    progress: Callable[[int, int], None] | None,
+    meta: dict[str, Any],
+) -> None:
+    n = len(dataset)
+    backbone = backbone.eval().to(device)
+    grid, dims = _probe_shapes(backbone, dataset, preprocess, device)
+    d_emb, n_tok, d_tok = dims
+    done = _resume_point(work, meta, with_tokens)
+    mode = "r+" if done else "w+"
+    work.mkdir(parents=True, exist_ok=True)
+    emb = np.lib.format.open_memmap(work / "embeddings.npy", mode=mode, dtype=np.float32, shape=(n, d_emb))
+    tok = None
+    if with_tokens:
+        tok = np.lib.format.open_memmap(work / "tokens.npy", mode=mode, dtype=np.float16, shape=(n, n_tok, d_tok))
+    if done:
+        log.info("resuming feature extraction of %s %s at %d/%d", dataset.name, dataset.split, done, n)
+    subset = torch.utils.data.Subset(dataset, range(done, n)) if done else dataset
+    loader = make_loader(subset, batch_size=batch_size, num_workers=num_workers, size=preprocess.size)
+    row = done
+    with torch.inference_mode(), autocast_context(device, autocast):
+        for step, batch in enumerate(loader):
+            x = preprocess(batch["image"].to(device, non_blocking=True))
+            feats = backbone.forward_features(x)
+            b = x.shape[0]
+            emb[row : row + b] = feats.embedding.float().cpu().numpy()
+            if tok is not None:
+                tok[row : row + b] = feats.tokens.to(torch.float16).cpu().numpy()
+            row += b
+            if step % 20 == 19:
+                _save_progress(work, meta, with_tokens, row, emb, tok)
+            if progress is not None:
+                progress(row, n)
+    emb.flush()
+    if tok is not None:
+        tok.flush()
+    np.save(work / "labels.npy", dataset.labels)
+    full = {
+        **meta,
+        "n": n,
+        "tokens": with_tokens,
+        "grid": list(grid),
+        "embeddings_shape": [n, d_emb],
+        "tokens_shape": [n, n_tok, d_tok] if with_tokens else None,
+        "backbone_spec": backbone.spec.to_dict(),
+        "preprocess": preprocess.describe(),
+    }
+    (work / "meta.json").write_text(json.dumps(full, indent=1, default=str))
+    (work / "progress.json").unlink(missing_ok=True)
+
+
+def _probe_shapes(backbone, dataset, preprocess, device) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    with torch.inference_mode():
+        x = preprocess(dataset[0]["image"][None].to(device))
+        f = backbone.forward_features(x)
+    return tuple(f.grid), (f.embedding.shape[1], f.tokens.shape[1], f.tokens.shape[2])
+
+
+def _resume_point(work: Path, meta: dict, with_tokens: bool) -> int:
+    """Rows already extracted by a killed run with the same key (0 if none or unusable)."""
+    try:
+        state = json.loads((work / "progress.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        if work.exists():
+            shutil.rmtree(work)
+        return 0
+    if state.get("key") != meta["key"] or state.get("tokens") != with_tokens:
+        shutil.rmtree(work)
+        return 0
+    return int(state["rows"])
+
+
+def _save_progress(work: Path, meta: dict, with_tokens: bool, rows: int, emb, tok) -> None:
+    emb.flush()
+    if tok is not None:
+        tok.flush()
+    tmp = work / "progress.json.tmp"
+    tmp.write_text(json.dumps({"key": meta["key"], "tokens": with_tokens, "rows": rows}))
+    os.replace(tmp, work / "progress.json")

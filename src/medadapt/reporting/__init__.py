@@ -1,0 +1,27 @@
+"""Reporting: the tidy results table, saved predictions, environment records and atomic writers."""
+
+from .results import (
+    RESULT_COLUMNS,
+    atomic_write,
+    environment_info,
+    load_predictions,
+    read_results,
+    results_rows,
+    save_predictions,
+    write_json,
+    write_results,
+    write_yaml,
+)
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "atomic_write",
+    "environment_info",
+    "load_predictions",
+    "read_results",
+    "results_rows",
+    "save_predictions",
+    "write_json",
+    "write_results",
+    "write_yaml",
+]

@@ -1,0 +1,348 @@
+"""The tidy results table, saved predictions, the environment record and the atomic writers behind them.
+
+Every result is one row of ``RESULT_COLUMNS`` (plus optional extra id columns such as ``lr`` or ``size``);
+tables, plots and reports are pure functions of that table. Every file is written atomically (a temp file
+in the same directory, fsync, ``os.replace``), so a crash never leaves a half-written table behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from numpy.typing import ArrayLike
+
+from ..errors import ConfigError, DataError
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "results_rows",
+    "write_results",
+    "read_results",
+    "save_predictions",
+    "load_predictions",
+    "environment_info",
+    "atomic_write",
+    "write_json",
+    "write_yaml",
+]
+
+RESULT_COLUMNS = (
+    "run",
+    "dataset",
+    "backbone",
+    "strategy",
+    "head",
+    "seed",
+    "fold",
+    "split",
+    "metric",
+    "value",
+)
+_ID_COLUMNS = RESULT_COLUMNS[:7]
+_TEXT_COLUMNS = ("run", "dataset", "backbone", "strategy", "head", "split", "metric")
+_PACKAGES = (
+    "medadapt",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "medmnist",
+    "transformers",
+    "open_clip_torch",
+    "peft",
+)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+StrPath = str | os.PathLike
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def atomic_write(path: StrPath, data: bytes | str) -> Path:
+    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically, creating parent folders.
+
+    Readers see the old file or the new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` so concurrent runs do not lose each other's rows (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # file systems without flock: go on unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _plain(obj: Any) -> Any:
+    """Turn numpy values, paths, dataclasses and tuples into JSON/YAML types; anything else becomes str."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset, np.ndarray)):
+        return [_plain(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    return str(obj)  # paths, torch.device, ...: a readable record beats losing the results
+
+
+def write_json(obj: Any, path: StrPath) -> Path:
+    """Write ``obj`` as indented JSON, atomically (numpy values, paths and dataclasses are converted)."""
+    return atomic_write(path, json.dumps(_plain(obj), indent=2) + "\n")
+
+
+def write_yaml(obj: Any, path: StrPath) -> Path:
+    """Write ``obj`` as block-style YAML in insertion order, atomically."""
+    return atomic_write(path, yaml.safe_dump(_plain(obj), sort_keys=False, allow_unicode=True))
+
+
+# ------------------------------------------------------------------------------------------- results table
+def results_rows(*, metrics: Mapping[str, float], split: str, **ids: Any) -> list[dict[str, Any]]:
+    """One tidy row per metric: the ids (``run``, ``dataset``, ... and any extra columns), split, metric, value.
+
+    Missing standard ids are left empty (``None``).
+
+    Example:
+        >>> rows = results_rows(metrics={"auc": 0.91, "acc": 0.85}, split="test", run="r1", seed=0, lr=1e-3)
+        >>> rows[0]["metric"], rows[0]["value"], rows[0]["lr"]
+        ('auc', 0.91, 0.001)
+    """
+    clash = sorted({"split", "metric", "value"} & set(ids))
+    if clash:
+        raise ConfigError(f"result ids may not be named {clash}: split, metric and value are filled in here")
+    ids = {k: _scalar(k, v) for k, v in ids.items()}
+    base = {c: ids.get(c) for c in _ID_COLUMNS}
+    extras = {k: v for k, v in ids.items() if k not in _ID_COLUMNS}
+    return [
+        {**base, "split": split, "metric": name, "value": _value(name, value), **extras}
+        for name, value in metrics.items()
+    ]
+
+
+def _scalar(name: str, value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ConfigError(f"result id {name}={value!r} must be a str, int, float, bool or None")
+
+
+def _value(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metric {name!r} has value {value!r}; metric values must be numbers") from None
+
+
+def _results_path(path: StrPath) -> Path:
+    path = Path(path)
+    return path / "results.csv" if path.is_dir() else path
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    extras = [c for c in table.columns if c not in RESULT_COLUMNS]
+    return table.reindex(columns=[*RESULT_COLUMNS, *extras])
+
+
+def write_results(rows: Iterable[Mapping[str, Any]], path: StrPath) -> Path:
+    """Append ``rows`` to the results table at ``path`` (a CSV file, or a folder holding ``results.csv``).
+
+    An existing table keeps its rows; columns are the union, standard ones first. The file is rewritten
+    atomically under a folder lock, so concurrent runs writing one table do not lose rows.
+    """
+    path = _results_path(path)
+    new = pd.DataFrame([dict(r) for r in rows])
+    missing = [c for c in ("metric", "value") if len(new) and c not in new.columns]
+    if missing:
+        raise ConfigError(f"result rows lack the {missing} columns; build them with results_rows()")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _dir_lock(path.parent):
+        old = read_results(path) if path.exists() else new.iloc[:0]
+        frames = [t for t in (old, new) if len(t)]
+        table = pd.concat(frames, ignore_index=True) if frames else new
+        atomic_write(path, _ordered(table).to_csv(index=False))
+    return path
+
+
+def read_results(path: StrPath) -> pd.DataFrame:
+    """Read a results table written by :func:`write_results` (a CSV file, or a folder with ``results.csv``)."""
+    path = _results_path(path)
+    if not path.is_file():
+        raise DataError(f"no results table at {path}; write_results() creates it")
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the results table {path}: {e}") from e
+    missing = [c for c in RESULT_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} is not a medadapt results table: it lacks the columns {missing}")
+    return table
+
+
+# ----------------------------------------------------------------------------------------------- predictions
+def save_predictions(
+    out_dir: StrPath,
+    split: str,
+    *,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    index: ArrayLike | None = None,
+) -> Path:
+    """Save row-aligned ``labels``, ``scores`` (and dataset ``index``) to ``out_dir/predictions/{split}.npz``."""
+    if not isinstance(split, str) or not _SAFE_NAME.fullmatch(split):
+        raise ConfigError(
+            f"split {split!r} must be a plain file name such as 'test' (letters, digits, _ . -)"
+        )
+    arrays = {"labels": np.asarray(labels), "scores": np.asarray(scores)}
+    if index is not None:
+        arrays["index"] = np.asarray(index)
+    shapes = {k: v.shape for k, v in arrays.items()}
+    if any(len(shape) == 0 for shape in shapes.values()) or len({shape[0] for shape in shapes.values()}) != 1:
+        raise DataError(
+            f"predictions must be row-aligned arrays with one row per sample, got shapes {shapes}"
+        )
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write(Path(out_dir) / "predictions" / f"{split}.npz", buffer.getvalue())
+
+
+def load_predictions(path: StrPath) -> dict[str, np.ndarray]:
+    """Load a file written by :func:`save_predictions`: ``{"labels", "scores"[, "index"]}`` arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"no predictions file at {path}; save_predictions() writes OUT_DIR/predictions/SPLIT.npz"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the predictions file {path}: {e}") from e
+    if not {"labels", "scores"} <= set(arrays):
+        raise DataError(
+            f"{path} is not a predictions file: it holds {sorted(arrays)}, expected labels and scores"
+        )
+    return arrays
+
+
+# ----------------------------------------------------------------------------------------------- environment
+def environment_info(*, seed: int | None, device: Any, repo_dir: StrPath | None = None) -> dict[str, Any]:
+    """What produced a result: Python, platform, package versions, git state, seed, device and hardware.
+
+    ``git_sha`` / ``git_dirty`` describe the git working tree holding ``repo_dir`` (default: the medadapt
+    source), ``None`` outside a repository. Heavy packages are not imported: versions come from metadata.
+    """
+    git_dir = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent
+    sha = _git(git_dir, "rev-parse", "HEAD")
+    status = _git(git_dir, "status", "--porcelain", "--untracked-files=no") if sha else None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "git_sha": sha,
+        "git_dirty": None if status is None else bool(status),
+        "seed": seed,
+        "device": str(device),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": _gpu_name(device),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name(device: Any) -> str | None:
+    """The CUDA device's name when torch is already imported and ``device`` is a CUDA device."""
+    torch = sys.modules.get("torch")
+    if torch is None or not str(device).startswith("cuda"):
+        return None
+    with contextlib.suppress(RuntimeError, AssertionError, ValueError):
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(torch.device(device)))
+    return None

@@ -1,0 +1,169 @@
+"""timm source: every catalogue family as a tiny random instance, weights loading, channel/size adaptation."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from medadapt.backbones import create_backbone, list_backbones
+from medadapt.errors import ConfigError, WeightsError
+
+VIT = "embed_dim=32&depth=2&num_heads=2"
+TINY = {
+    "dinov2": f"timm:vit_small_patch14_dinov2?{VIT}",
+    "dinov2_reg": f"timm:vit_small_patch14_reg4_dinov2?{VIT}",
+    "mae": f"timm:vit_base_patch16_224?{VIT}",
+    "aimv2": f"timm:aimv2_large_patch14_224?{VIT}",
+    "eva02": f"timm:eva02_base_patch14_224?{VIT}",
+    "siglip2": f"timm:vit_base_patch16_siglip_224?{VIT}",
+    "clip": f"timm:vit_base_patch16_clip_224?{VIT}",
+    "sam2_hiera": "timm:sam2_hiera_tiny?embed_dim=16&num_heads=1&stages=[1,1,1,1]&global_att_blocks=[]",
+    "resnet18": "timm:resnet18",
+    "resnet50": "timm:resnet50?layers=[1,1,1,1]",
+    "convnext": "timm:convnext_tiny?depths=[1,1,1,1]&dims=[8,16,32,64]",
+}
+HW = {"sam2_hiera": (64, 96), "convnext": (64, 96), "resnet18": (64, 96), "resnet50": (64, 96)}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _make(family: str, **kw):
+    hw = kw.pop("img_size", HW.get(family, (28, 42)))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return create_backbone(TINY[family], pretrained=False, img_size=hw, **kw), hw
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_contract_shapes_and_groups(family):
+    bb, (h, w) = _make(family, data_chans=1)
+    f = bb.forward_features(torch.rand(2, 1, h, w))
+    assert f.embedding.shape == (2, bb.num_features)
+    assert f.tokens.shape[0] == 2 and f.tokens.shape[1] == f.grid[0] * f.grid[1]
+    assert torch.isfinite(f.embedding).all() and torch.isfinite(f.tokens).all()
+    groups = bb.layer_groups()
+    names = [n for g in groups for n in g]
+    assert sorted(names) == sorted(n for n, _ in bb.named_parameters())  # each parameter exactly once
+    assert len(groups) >= 3
+    assert bb.spec.in_chans == 1 and bb.spec.mean == (0.0,)
+
+
+def test_vit_patch_tokens_exclude_prefix_tokens():
+    bb, _ = _make("dinov2_reg", img_size=(28, 42))
+    f = bb.forward_features(torch.rand(1, 3, 28, 42))
+    assert f.grid == (2, 3) and f.tokens.shape[1] == 6  # 1 [CLS] + 4 registers dropped
+
+
+def _gray_to_rgb_normalised(g, mean, std):
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (g.expand(-1, 3, -1, -1) - m) / s
+
+
+@pytest.mark.parametrize("family", ["dinov2", "eva02", "siglip2"])
+def test_sum_mode_equals_gray_copied_to_rgb(family):
+    rgb, (h, w) = _make(family, data_chans=3)
+    gray, _ = _make(family, data_chans=1, channel_mode="sum")
+    g = torch.rand(3, 1, h, w)
+    ref = rgb(_gray_to_rgb_normalised(g, rgb.spec.mean, rgb.spec.std))
+    torch.testing.assert_close(gray(g), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_first_and_mean_modes_use_the_intended_filters():
+    rgb, _ = _make("dinov2", data_chans=3)
+    w = rgb.model.patch_embed.proj.weight
+    s = torch.tensor(rgb.spec.std).view(1, 3, 1, 1)
+    first, _ = _make("dinov2", data_chans=1, channel_mode="first")
+    mean, _ = _make("dinov2", data_chans=1, channel_mode="mean")
+    torch.testing.assert_close(first.model.patch_embed.proj.weight, (w / s)[:, :1])
+    torch.testing.assert_close(mean.model.patch_embed.proj.weight, (w / s).mean(1, keepdim=True))
+
+
+def test_repeat_mode_keeps_rgb_model():
+    bb, _ = _make("dinov2", data_chans=1, channel_mode="repeat")
+    assert bb.spec.in_chans == 3 and bb.spec.channel_mode == "repeat" and len(bb.spec.mean) == 3
+
+
+def test_weights_file_roundtrip_safetensors_and_pth(tmp_path):
+    src, hw = _make("dinov2")
+    sd = {k.removeprefix("model."): v for k, v in src.state_dict().items()}
+    save_file(sd, tmp_path / "w.safetensors")
+    torch.save(sd, tmp_path / "w.pth")
+    x = torch.rand(2, 3, *hw)
+    for name in ("w.safetensors", "w.pth"):
+        bb = create_backbone(TINY["dinov2"], weights=str(tmp_path / name), img_size=hw)
+        torch.testing.assert_close(bb(x), src(x))
+        assert bb.spec.pretrained == f"file:{tmp_path / name}"
+
+
+def test_official_dinov2_release_format_with_1370_token_pos_embed(tmp_path):
+    """dinov2_vits14_pretrain.pth layout: 518 px (37x37 + [CLS] = 1370 tokens), a mask_token, no 'model.' prefix."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
+                                embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+    official = dict(ref.state_dict())
+    assert official["pos_embed"].shape == (1, 1370, 32)
+    official["mask_token"] = torch.zeros(1, 32)
+    torch.save(official, tmp_path / "dinov2_vits14_pretrain.pth")
+    at518 = create_backbone(TINY["dinov2"], weights=str(tmp_path / "dinov2_vits14_pretrain.pth"), img_size=518)
+    x = torch.rand(1, 3, 518, 518)
+    torch.testing.assert_close(at518(x), ref.forward_head(ref.forward_features(x), pre_logits=True))
+    small = create_backbone(TINY["dinov2"], weights=str(tmp_path / "dinov2_vits14_pretrain.pth"), img_size=56)
+    assert small.model.pos_embed.shape == (1, 1 + 4 * 4, 32)  # bicubic-resampled to the new grid
+    torch.testing.assert_close(small.model.blocks[0].attn.qkv.weight, ref.blocks[0].attn.qkv.weight)
+
+
+class _Payload:
+    """Stands for arbitrary code a pickle could run on load."""
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"a": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="weights_only"):
+        create_backbone(TINY["dinov2"], weights=str(tmp_path / "evil.pth"), img_size=28)
+
+
+def test_mismatched_weights_file_is_a_weights_error(tmp_path):
+    save_file({"nope": torch.zeros(1)}, tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsError, match="does not fit"):
+        create_backbone(TINY["dinov2"], weights=str(tmp_path / "bad.safetensors"), img_size=28)
+
+
+def test_offline_pretrained_says_which_file_and_where():
+    with pytest.raises(WeightsError) as e:
+        create_backbone("timm:vit_small_patch14_dinov2.lvd142m", img_size=28)
+    msg = str(e.value)
+    assert "timm/vit_small_patch14_dinov2.lvd142m" in msg and "model.safetensors" in msg and "--weights" in msg
+
+
+def test_missing_weights_file_and_unknown_model():
+    with pytest.raises(WeightsError, match="does not exist"):
+        create_backbone(TINY["dinov2"], weights="/nonexistent/w.safetensors", img_size=28)
+    with pytest.raises(ConfigError, match="timm has no model"):
+        create_backbone("timm:vit_smal_patch14_dinov2", pretrained=False)
+
+
+def test_too_small_input_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot run on 28x28"):
+        create_backbone(TINY["convnext"], pretrained=False, img_size=28)
+
+
+def test_bad_channel_mode_and_address():
+    with pytest.raises(ConfigError, match="channel-mode"):
+        create_backbone(TINY["dinov2"], pretrained=False, img_size=28, data_chans=1, channel_mode="avg")
+    with pytest.raises(ConfigError, match="not an address"):
+        create_backbone("vit_small", pretrained=False)
+
+
+def test_catalogue_aliases_resolve_and_list():
+    assert {e["alias"] for e in list_backbones("*dinov2*")} >= {"dinov2_vits14", "dinov2_vitg14_reg"}
+    families = {e["family"] for e in list_backbones()}
+    assert {"dinov2", "mae", "aimv2", "sam2-hiera", "eva02", "siglip2", "clip", "resnet", "convnext"} <= families
+    for e in list_backbones("timm:*"):
+        assert timm.is_model(e["address"].split(":", 1)[1].split(".")[0]), e

@@ -1,0 +1,230 @@
+"""The results table, saved predictions, environment records and atomic writers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medadapt.errors import ConfigError, DataError
+from medadapt.reporting import (
+    RESULT_COLUMNS,
+    atomic_write,
+    environment_info,
+    load_predictions,
+    read_results,
+    results_rows,
+    save_predictions,
+    write_json,
+    write_results,
+    write_yaml,
+)
+from medadapt.reporting import results as R
+
+IDS = {
+    "run": "007",
+    "dataset": "medmnist:breastmnist?size=64",
+    "backbone": "timm:vit_small_patch14_dinov2.lvd142m",
+    "strategy": "probe",
+    "head": "linear",
+    "seed": 0,
+    "fold": 1,
+}
+
+
+def _rows(**overrides) -> list[dict]:
+    return results_rows(metrics={"auc": 0.9, "acc": 0.8}, split="test", **{**IDS, **overrides})
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def test_results_rows_are_tidy_with_extra_columns_last() -> None:
+    rows = _rows(lr=1e-3, pretrained=True)
+    assert [r["metric"] for r in rows] == ["auc", "acc"]
+    assert list(rows[0]) == [*RESULT_COLUMNS, "lr", "pretrained"]
+    assert rows[1]["value"] == 0.8 and rows[1]["split"] == "test" and rows[1]["lr"] == 1e-3
+
+
+def test_results_rows_fill_missing_ids_and_convert_numpy() -> None:
+    (row,) = results_rows(metrics={"auc": np.float32(0.5)}, split="val", run="r", seed=np.int64(3))
+    assert row["head"] is None and row["fold"] is None
+    assert type(row["seed"]) is int and type(row["value"]) is float
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metric": "auc"}, "may not be named"),
+        ({"lr": [1e-3, 1e-4]}, "must be a str"),
+    ],
+)
+def test_results_rows_reject_bad_ids(kwargs, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        results_rows(metrics={"auc": 0.9}, split="test", **kwargs)
+
+
+def test_results_rows_reject_non_numeric_values() -> None:
+    with pytest.raises(ConfigError, match="metric 'auc'"):
+        results_rows(metrics={"auc": "high"}, split="test")
+
+
+# --------------------------------------------------------------------------------------------------- table
+def test_results_round_trip(tmp_path: Path) -> None:
+    path = write_results(_rows(), tmp_path / "out" / "results.csv")
+    table = read_results(path)
+    assert list(table.columns) == list(RESULT_COLUMNS)
+    assert table["run"].tolist() == ["007", "007"]  # id columns stay text
+    assert table["value"].tolist() == [0.9, 0.8] and table["seed"].tolist() == [0, 0]
+    assert table["dataset"].iloc[0] == IDS["dataset"]
+
+
+def test_appending_keeps_rows_and_unions_columns(tmp_path: Path) -> None:
+    write_results(_rows(), tmp_path)
+    write_results(_rows(seed=1, lr=0.01), tmp_path)
+    write_results([], tmp_path)
+    table = read_results(tmp_path / "results.csv")
+    assert len(table) == 4 and list(table.columns) == [*RESULT_COLUMNS, "lr"]
+    assert table["seed"].tolist() == [0, 0, 1, 1]
+    assert table["lr"].isna().tolist() == [True, True, False, False]
+
+
+def test_missing_ids_round_trip_as_empty(tmp_path: Path) -> None:
+    write_results(results_rows(metrics={"auc": float("nan")}, split="test", run="r"), tmp_path)
+    table = read_results(tmp_path)
+    assert table["head"].isna().all() and math.isnan(table["value"].iloc[0])
+
+
+def test_concurrent_appends_lose_no_rows(tmp_path: Path) -> None:
+    def worker(seed: int) -> None:
+        for fold in range(5):
+            write_results(_rows(seed=seed, fold=fold), tmp_path)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(read_results(tmp_path)) == 4 * 5 * 2 and not _leftovers(tmp_path)
+
+
+def test_read_results_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no results table"):
+        read_results(tmp_path / "nothing.csv")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="lacks the columns"):
+        read_results(tmp_path / "other.csv")
+
+
+def test_write_results_rejects_rows_without_metric(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="results_rows"):
+        write_results([{"run": "r"}], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- atomic writes
+def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = atomic_write(tmp_path / "a" / "b.txt", "héllo")
+    atomic_write(target, b"bytes")
+    assert target.read_bytes() == b"bytes"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b.txt"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = atomic_write(tmp_path / "results.csv", "old")
+    monkeypatch.setattr(R.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, "new")
+    assert target.read_text() == "old" and not _leftovers(tmp_path)
+
+
+def test_atomic_write_keeps_file_mode(tmp_path: Path) -> None:
+    target = atomic_write(tmp_path / "x.txt", "a")
+    assert target.stat().st_mode & 0o777 == 0o644
+    os.chmod(target, 0o600)
+    atomic_write(target, "b")
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_write_json_and_yaml_convert_numpy_paths_and_tuples(tmp_path: Path) -> None:
+    obj = {"auc": np.float64(0.5), "n": np.int32(3), "shape": (1, 2), "dir": tmp_path, "arr": np.arange(2)}
+    expected = {"auc": 0.5, "n": 3, "shape": [1, 2], "dir": str(tmp_path), "arr": [0, 1]}
+    assert json.loads(write_json(obj, tmp_path / "a.json").read_text()) == expected
+    assert yaml.safe_load(write_yaml(obj, tmp_path / "a.yaml").read_text()) == expected
+    assert not _leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- predictions
+@pytest.mark.parametrize("with_index", [False, True])
+def test_predictions_round_trip(tmp_path: Path, with_index: bool) -> None:
+    rng = np.random.default_rng(0)
+    labels, scores = rng.integers(0, 2, (10, 1)), rng.random((10, 2)).astype(np.float32)
+    index = np.arange(100, 110) if with_index else None
+    path = save_predictions(tmp_path, "test", labels=labels, scores=scores, index=index)
+    assert path == tmp_path / "predictions" / "test.npz"
+    got = load_predictions(path)
+    assert sorted(got) == (["index", "labels", "scores"] if with_index else ["labels", "scores"])
+    np.testing.assert_array_equal(got["labels"], labels)
+    np.testing.assert_array_equal(got["scores"], scores)
+    assert got["scores"].dtype == np.float32 and not _leftovers(tmp_path)
+    if with_index:
+        np.testing.assert_array_equal(got["index"], index)
+
+
+def test_predictions_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="row-aligned"):
+        save_predictions(tmp_path, "test", labels=np.zeros((3, 1)), scores=np.zeros((4, 2)))
+    with pytest.raises(ConfigError, match="plain file name"):
+        save_predictions(tmp_path, "../test", labels=np.zeros((3, 1)), scores=np.zeros((3, 2)))
+    with pytest.raises(DataError, match="no predictions file"):
+        load_predictions(tmp_path / "predictions" / "val.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(2))
+    with pytest.raises(DataError, match="expected labels and scores"):
+        load_predictions(tmp_path / "other.npz")
+
+
+# --------------------------------------------------------------------------------------------- environment
+def test_environment_info_keys(tmp_path: Path) -> None:
+    info = environment_info(seed=3, device="cpu", repo_dir=tmp_path)
+    assert {"python", "platform", "packages", "git_sha", "git_dirty", "seed", "device", "cpu", "gpu"} <= set(
+        info
+    )
+    assert info["seed"] == 3 and info["device"] == "cpu" and info["gpu"] is None
+    assert info["git_sha"] is None and info["git_dirty"] is None  # tmp_path is not a repository
+    assert info["packages"]["numpy"] == np.__version__ and info["packages"]["medadapt"]
+    assert "timestamp" in info and json.loads(write_json(info, tmp_path / "env.json").read_text()) == info
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_environment_info_reads_git_state(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args]
+        return subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "first")
+    info = environment_info(seed=0, device="cpu", repo_dir=tmp_path)
+    assert info["git_sha"] == git("rev-parse", "HEAD") and info["git_dirty"] is False
+    (tmp_path / "f.txt").write_text("b")
+    assert environment_info(seed=0, device="cpu", repo_dir=tmp_path)["git_dirty"] is True
+
+
+def test_environment_info_imports_no_heavy_packages() -> None:
+    code = (
+        "import sys; from medadapt.reporting import environment_info; environment_info(seed=0, device='cpu'); "
+        "print(sorted({'torch', 'timm', 'transformers', 'open_clip', 'peft'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
