@@ -111,7 +111,9 @@ def test_official_dinov2_release_format_with_1370_token_pos_embed(tmp_path):
     assert official["pos_embed"].shape == (1, 1370, 32)
     official["mask_token"] = torch.zeros(1, 32)
     torch.save(official, tmp_path / "dinov2_vits14_pretrain.pth")
-    at518 = create_backbone(TINY["dinov2"], weights=str(tmp_path / "dinov2_vits14_pretrain.pth"), img_size=518)
+    at518 = create_backbone(
+        TINY["dinov2"], weights=str(tmp_path / "dinov2_vits14_pretrain.pth"), img_size=518
+    )
     x = torch.rand(1, 3, 518, 518)
     torch.testing.assert_close(at518(x), ref.forward_head(ref.forward_features(x), pre_logits=True))
     small = create_backbone(TINY["dinov2"], weights=str(tmp_path / "dinov2_vits14_pretrain.pth"), img_size=56)
@@ -139,7 +141,9 @@ def test_offline_pretrained_says_which_file_and_where():
     with pytest.raises(WeightsError) as e:
         create_backbone("timm:vit_small_patch14_dinov2.lvd142m", img_size=28)
     msg = str(e.value)
-    assert "timm/vit_small_patch14_dinov2.lvd142m" in msg and "model.safetensors" in msg and "--weights" in msg
+    assert (
+        "timm/vit_small_patch14_dinov2.lvd142m" in msg and "model.safetensors" in msg and "--weights" in msg
+    )
 
 
 def test_missing_weights_file_and_unknown_model():
@@ -164,6 +168,16 @@ def test_bad_channel_mode_and_address():
 def test_catalogue_aliases_resolve_and_list():
     assert {e["alias"] for e in list_backbones("*dinov2*")} >= {"dinov2_vits14", "dinov2_vitg14_reg"}
     families = {e["family"] for e in list_backbones()}
-    assert {"dinov2", "mae", "aimv2", "sam2-hiera", "eva02", "siglip2", "clip", "resnet", "convnext"} <= families
+    assert {
+        "dinov2",
+        "mae",
+        "aimv2",
+        "sam2-hiera",
+        "eva02",
+        "siglip2",
+        "clip",
+        "resnet",
+        "convnext",
+    } <= families
     for e in list_backbones("timm:*"):
         assert timm.is_model(e["address"].split(":", 1)[1].split(".")[0]), e

@@ -48,7 +48,9 @@ def load_splits(cfg: ProbeConfig) -> dict[str, MedicalDataset]:
     return {split: load_dataset(cfg.dataset, split, **opts) for split in SPLITS}
 
 
-def probe(config: ProbeConfig | None = None, /, *, show_progress: bool = False, **kwargs: Any) -> pd.DataFrame:
+def probe(
+    config: ProbeConfig | None = None, /, *, show_progress: bool = False, **kwargs: Any
+) -> pd.DataFrame:
     """Frozen-backbone probe: extract (cached) features, train the head grid, report val and test metrics.
 
     Writes ``out/results.csv``, ``out/predictions/{val,test}.npz`` (``{split}_seed{S}.npz`` when several

@@ -25,13 +25,17 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="YAML file of settings (flags override it)")
     p.add_argument("--dataset", help="dataset address, e.g. medmnist:breastmnist or csv:/data/labels.csv")
-    p.add_argument("--backbone", help="backbone address or catalogue name, e.g. timm:vit_small_patch14_dinov2.lvd142m")
+    p.add_argument(
+        "--backbone", help="backbone address or catalogue name, e.g. timm:vit_small_patch14_dinov2.lvd142m"
+    )
     p.add_argument("--head", choices=["linear", "attention", "knn"])
     p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
     p.add_argument("--resize-mode", help="resize (interpolate) or pad (zero-pad, MedMNIST+)")
     p.add_argument("--interpolation", help="nearest, bilinear or bicubic")
-    p.add_argument("--channel-mode", help="gray images: sum, mean, first (fold into the first conv) or repeat")
+    p.add_argument(
+        "--channel-mode", help="gray images: sum, mean, first (fold into the first conv) or repeat"
+    )
     p.add_argument("--weights", help="local weights file (safetensors / .pth) or HF directory")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None,
                    help="random initialisation (recorded in the results)")  # fmt: skip
@@ -46,7 +50,9 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-autocast", dest="autocast", action="store_const", const=False, default=None,
                    help="run in fp32 instead of bf16 autocast")  # fmt: skip
     p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
-    p.add_argument("--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)")
+    p.add_argument(
+        "--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)"
+    )
     p.add_argument("--num-workers", type=int)
     p.add_argument("--skip-bad-rows", action="store_const", const=True, default=None,
                    help="drop unreadable / unlabelled rows of a CSV dataset and report how many")  # fmt: skip
@@ -80,7 +86,9 @@ def _run_list(args: argparse.Namespace) -> int:
         "backbones": _list_backbones,
         "datasets": _list_datasets,
         "heads": lambda pat: __import__("medadapt.heads", fromlist=["HEADS"]).HEADS.list(pat),
-        "metrics": lambda pat: __import__("medadapt.evaluation.metrics", fromlist=["METRICS"]).METRICS.list(pat),
+        "metrics": lambda pat: __import__("medadapt.evaluation.metrics", fromlist=["METRICS"]).METRICS.list(
+            pat
+        ),
     }
     lines = lister[args.what](args.pattern)
     print("\n".join(lines) if lines else f"no {args.what} match {args.pattern!r}")
@@ -101,7 +109,11 @@ def _list_datasets(pattern: str) -> list[str]:
     from .data.medmnist import flags
 
     names = [f"medmnist:{f}" for f in flags()] + ["csv:PATH.csv", "folder:DIR"]
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(":", 1)[1], pattern)]
+    return [
+        n
+        for n in names
+        if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(":", 1)[1], pattern)
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,14 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except MedadaptError as e:
         print(f"medadapt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("medadapt: interrupted; finished seeds and cached features are kept, rerun to resume", file=sys.stderr)
+        print(
+            "medadapt: interrupted; finished seeds and cached features are kept, rerun to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -82,7 +82,9 @@ class ProbeConfig:
         if not self.ks or not all(isinstance(k, int) and k > 0 for k in self.ks):
             raise ConfigError(f"--ks must be positive integers, got {self.ks!r}")
         if self.weights is not None and not Path(self.weights).expanduser().exists():
-            raise ConfigError(f"--weights {self.weights!r} does not exist; give the path of a local weights file")
+            raise ConfigError(
+                f"--weights {self.weights!r} does not exist; give the path of a local weights file"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,7 +100,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {str(p)!r} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"--config {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}"
+        )
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -111,7 +115,15 @@ def merge_config(cls: type, *layers: dict[str, Any]):
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
         merged.update({k: v for k, v in layer.items() if v is not None})
-    missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in merged]  # noqa: E501
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in merged
+    ]  # noqa: E501
     if missing:
-        raise ConfigError(f"missing required setting(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
+        raise ConfigError(
+            f"missing required setting(s): {', '.join('--' + m.replace('_', '-') for m in missing)}"
+        )
     return cls(**merged)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import importlib
+import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -124,7 +124,9 @@ def adapt_channels(
 ) -> tuple[int, tuple[float, ...], tuple[float, ...], str]:
     """Adapt ``model`` to the data's channels; returns ``(in_chans, mean, std, applied_mode)``."""
     if channel_mode not in CHANNEL_MODES:
-        raise ConfigError(f"--channel-mode {channel_mode!r} is not valid; choose one of {list(CHANNEL_MODES)}")
+        raise ConfigError(
+            f"--channel-mode {channel_mode!r} is not valid; choose one of {list(CHANNEL_MODES)}"
+        )
     if data_chans == 3:
         return 3, tuple(mean), tuple(std), "none"
     if data_chans != 1:

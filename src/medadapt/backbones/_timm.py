@@ -111,7 +111,9 @@ def create(
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     patch = int(patch[0]) if isinstance(patch, (tuple, list)) else patch
     if patch and (img_size[0] % patch or img_size[1] % patch):
-        log.warning("input %s is not a multiple of the patch size %d: the border is not seen", img_size, patch)
+        log.warning(
+            "input %s is not a multiple of the patch size %d: the border is not seen", img_size, patch
+        )
     spec = BackboneSpec(
         address=str(address),
         source="timm",
@@ -123,7 +125,9 @@ def create(
         data_chans=data_chans,
         channel_mode=mode,
         patch_size=patch,
-        pretrained=f"file:{weights}" if weights else (f"hub:{cfg.get('hf_hub_id') or address.name}" if pretrained else None),
+        pretrained=f"file:{weights}"
+        if weights
+        else (f"hub:{cfg.get('hf_hub_id') or address.name}" if pretrained else None),
         license=cfg.get("license"),
     )
     return TimmBackbone(model, spec)

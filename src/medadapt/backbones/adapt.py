@@ -38,7 +38,9 @@ def fold_gray_conv(
     if mode not in _CHANNEL_WEIGHTS:
         raise ConfigError(f"channel mode {mode!r} cannot fold a conv; valid: {sorted(_CHANNEL_WEIGHTS)}")
     if weight.shape[1] != 3 or len(mean) != 3 or len(std) != 3:
-        raise ConfigError(f"expected a 3-channel conv and stats, got weight {tuple(weight.shape)}, mean {mean}")
+        raise ConfigError(
+            f"expected a 3-channel conv and stats, got weight {tuple(weight.shape)}, mean {mean}"
+        )
     w = weight.detach().double()
     a = torch.tensor(_CHANNEL_WEIGHTS[mode], dtype=torch.float64).view(1, 3, 1, 1)
     m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
@@ -57,9 +59,7 @@ def find_first_conv(model: nn.Module, in_chans: int = 3) -> tuple[str, nn.Conv2d
     raise ConfigError(f"{type(model).__name__} has no Conv2d with {in_chans} input channels to adapt")
 
 
-def adapt_first_conv(
-    model: nn.Module, *, mode: str, mean: tuple[float, ...], std: tuple[float, ...]
-) -> str:
+def adapt_first_conv(model: nn.Module, *, mode: str, mean: tuple[float, ...], std: tuple[float, ...]) -> str:
     """Replace the model's first 3-channel conv by a 1-channel one (in place); returns the module's name."""
     name, conv = find_first_conv(model)
     weight, bias = fold_gray_conv(conv.weight, conv.bias, mean, std, mode)

@@ -9,6 +9,7 @@ entry whose files do not match its ``meta.json`` is treated as corrupt and rebui
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ __all__ = ["extract_features", "cache_key", "state_digest", "default_cache_dir"]
 log = logging.getLogger(__name__)
 
 _FORMAT = 1  # bump when the on-disk layout changes
+_SAVE_EVERY = 20  # batches between progress checkpoints
 
 
 def default_cache_dir() -> Path:
@@ -66,7 +68,7 @@ def cache_key(backbone: Backbone, preprocess: Preprocess, dataset: MedicalDatase
         "version": __version__,
         "backbone": backbone.spec.to_dict(),
         "weights": state_digest(backbone),
-        "preprocess": preprocess.describe(),
+        "preprocess": dataclasses.asdict(preprocess),
         "dataset": [dataset.name, dataset.split, len(dataset), _dataset_fingerprint(dataset)],
         "autocast": autocast,
     }
@@ -168,7 +170,9 @@ def _extract_into(
     emb = np.lib.format.open_memmap(work / "embeddings.npy", mode=mode, dtype=np.float32, shape=(n, d_emb))
     tok = None
     if with_tokens:
-        tok = np.lib.format.open_memmap(work / "tokens.npy", mode=mode, dtype=np.float16, shape=(n, n_tok, d_tok))
+        tok = np.lib.format.open_memmap(
+            work / "tokens.npy", mode=mode, dtype=np.float16, shape=(n, n_tok, d_tok)
+        )
     if done:
         log.info("resuming feature extraction of %s %s at %d/%d", dataset.name, dataset.split, done, n)
     subset = torch.utils.data.Subset(dataset, range(done, n)) if done else dataset
@@ -183,7 +187,7 @@ def _extract_into(
             if tok is not None:
                 tok[row : row + b] = feats.tokens.to(torch.float16).cpu().numpy()
             row += b
-            if step % 20 == 19:
+            if (step + 1) % _SAVE_EVERY == 0:
                 _save_progress(work, meta, with_tokens, row, emb, tok)
             if progress is not None:
                 progress(row, n)
@@ -199,7 +203,7 @@ def _extract_into(
         "embeddings_shape": [n, d_emb],
         "tokens_shape": [n, n_tok, d_tok] if with_tokens else None,
         "backbone_spec": backbone.spec.to_dict(),
-        "preprocess": preprocess.describe(),
+        "preprocess": dataclasses.asdict(preprocess),
     }
     (work / "meta.json").write_text(json.dumps(full, indent=1, default=str))
     (work / "progress.json").unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""End to end through the CLI and the API on a tiny fake MedMNIST file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from synthetic import write_fake_medmnist
+
+from medadapt.cli import build_parser, main
+from medadapt.evaluation.metrics import auc
+from medadapt.reporting.results import load_predictions
+
+TINY_VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2"
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
+    write_fake_medmnist(tmp_path / "data", monkeypatch)
+    return tmp_path
+
+
+def _probe(env, *extra: str) -> list[str]:
+    return ["probe", "--dataset", "medmnist:breastmnist", "--backbone", TINY_VIT, "--no-pretrained",
+            "--data-root", str(env / "data"), "--epochs", "3", *extra]  # fmt: skip
+
+
+def test_probe_writes_tidy_results_predictions_config_env(env, capsys):
+    out = env / "run"
+    assert main(_probe(env, "--out", str(out), "--lrs", "1e-3", "1e-4")) == 0
+    table = pd.read_csv(out / "results.csv")
+    for col in ("dataset", "backbone", "strategy", "head", "seed", "fold", "split", "metric", "value"):
+        assert col in table.columns
+    assert set(table["pretrained"]) == {"random-init"}
+    for split in ("val", "test"):
+        pred = load_predictions(out / "predictions" / f"{split}.npz")
+        assert pred["labels"].shape == (16, 1) and pred["scores"].shape == (16, 2)
+        recorded = table.query("split == @split and metric == 'auc'")["value"].item()
+        assert recorded == pytest.approx(auc("binary", pred["labels"], pred["scores"]), abs=1e-12)
+    assert yaml.safe_load((out / "config.yaml").read_text())["backbone"] == TINY_VIT
+    assert "git_sha" in (out / "env.json").read_text()
+    assert "test" in capsys.readouterr().out
+
+
+def test_second_identical_run_uses_the_feature_cache(env):
+    assert main(_probe(env, "--out", str(env / "a"))) == 0
+    entries = sorted(p.name for p in (env / "cache").iterdir())
+    assert len(entries) == 3  # train, val, test
+    assert main(_probe(env, "--out", str(env / "b"))) == 0
+    assert sorted(p.name for p in (env / "cache").iterdir()) == entries
+    a, b = (pd.read_csv(env / d / "results.csv").query("split == 'test'") for d in "ab")
+    np.testing.assert_array_equal(a["value"].to_numpy(), b["value"].to_numpy())  # seeded: same numbers
+
+
+@pytest.mark.parametrize("head", ["attention", "knn"])
+def test_other_heads(env, head):
+    out = env / head
+    assert main(_probe(env, "--head", head, "--out", str(out), "--ks", "3", "5")) == 0
+    assert (out / "predictions" / "test.npz").exists()
+
+
+def test_several_seeds_and_yaml_config_with_flag_override(env):
+    cfg = env / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"head": "knn", "seeds": [0, 1], "size": 28, "epochs": 99}))
+    out = env / "seeds"
+    assert main(_probe(env, "--config", str(cfg), "--out", str(out))) == 0  # --epochs 3 overrides 99
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["seed"].unique()) == [0, 1] and set(table["head"]) == {"knn"}
+    assert (out / "predictions" / "test_seed1.npz").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backbone", "timm:not_a_model"], "timm has no model"),
+        (["--backbone", "nosource:x"], "unknown backbone source"),
+        (["--dataset", "medmnist:breastmnis"], "breastmnist"),
+        (["--weights", "/nonexistent.safetensors"], "--weights"),
+        (["--channel-mode", "avg"], "--channel-mode"),
+        (["--epochs", "0"], "--epochs"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_keeps_outputs(env, capsys, flags, message):
+    out = env / "keep"
+    out.mkdir()
+    (out / "results.csv").write_text("a,b\n1,2\n")
+    assert main(_probe(env, "--out", str(out), *flags)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medadapt: error:") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert (out / "results.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_pretrained_offline_is_an_error_not_a_silent_random_init(env, capsys):
+    args = [a for a in _probe(env, "--out", str(env / "x")) if a != "--no-pretrained"]
+    args[args.index(TINY_VIT)] = "timm:vit_small_patch14_dinov2.lvd142m"
+    assert main(args) == 2
+    assert "--no-pretrained" in capsys.readouterr().err
+
+
+def test_list_and_help(capsys):
+    assert main(["list", "backbones", "*rad*"]) == 0
+    assert "hf:microsoft/rad-dino" in capsys.readouterr().out
+    assert main(["list", "datasets", "*pneumonia*"]) == 0
+    assert "medmnist:pneumoniamnist" in capsys.readouterr().out
+    parser = build_parser()
+    for cmd in ("list", "probe"):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([cmd, "--help"])
+        assert e.value.code == 0

@@ -1,0 +1,121 @@
+"""Feature cache: correctness, hits, corruption, resume after a kill, bounded token storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medadapt.backbones import create_backbone
+from medadapt.data.base import MedicalDataset
+from medadapt.data.transforms import Preprocess
+from medadapt.features import cache as cache_mod
+from medadapt.features import extract_features
+
+
+class TinyDataset(MedicalDataset):
+    def __init__(self, n: int = 10, seed: int = 0, split: str = "train") -> None:
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, size=(n, 1, 20, 20), dtype=np.uint8)
+        self.labels = rng.integers(0, 2, size=(n, 1)).astype(np.int64)
+        self.name, self.split, self.task = "tiny", split, "binary"
+        self.classes, self.n_channels = ["a", "b"], 1
+        self.metadata = pd.DataFrame({"index": range(n)})
+
+    def image(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[i])
+
+
+@pytest.fixture()
+def setup():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        bb = create_backbone("timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2",
+                             pretrained=False, img_size=28, data_chans=1)  # fmt: skip
+    pre = Preprocess(size=(28, 28), mean=bb.spec.mean, std=bb.spec.std)
+    return bb, pre, TinyDataset()
+
+
+class Killed(Exception):
+    pass
+
+
+class CountingForward:
+    def __init__(self, bb, fail_after: int | None = None):
+        self.bb, self.calls, self.fail_after = bb, 0, fail_after
+        self.orig = type(bb).forward_features.__get__(bb)
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise Killed  # a kill in the middle of extraction
+        return self.orig(x)
+
+
+def test_features_match_direct_forward(setup, tmp_path):
+    bb, pre, ds = setup
+    fs = extract_features(bb, ds, pre, cache_dir=tmp_path, with_tokens=True, batch_size=4, autocast=False)
+    x = pre(torch.from_numpy(ds.images))
+    with torch.inference_mode():
+        ref = bb.forward_features(x)
+    np.testing.assert_allclose(fs.embeddings, ref.embedding.numpy(), atol=1e-5)
+    np.testing.assert_allclose(fs.tokens, ref.tokens.numpy(), atol=2e-3, rtol=2e-3)  # stored as float16
+    assert isinstance(fs.tokens, np.memmap) and fs.tokens.dtype == np.float16
+    assert fs.grid == (2, 2) and np.array_equal(fs.labels, ds.labels)
+
+
+def test_second_run_reads_the_cache(setup, tmp_path, monkeypatch):
+    bb, pre, ds = setup
+    first = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)
+    counter = CountingForward(bb)
+    monkeypatch.setattr(bb, "forward_features", counter)
+    second = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)
+    assert counter.calls == 0
+    np.testing.assert_array_equal(first.embeddings, second.embeddings)
+
+
+def test_key_changes_with_what_determines_features(setup, tmp_path):
+    bb, pre, ds = setup
+    key = cache_mod.cache_key(bb, pre, ds, autocast=True)
+    assert cache_mod.cache_key(bb, Preprocess(size=(28, 28), mode="pad", mean=(0.0,), std=(1.0,)), ds,
+                               autocast=True) != key  # fmt: skip
+    assert cache_mod.cache_key(bb, pre, TinyDataset(seed=1), autocast=True) != key
+    assert cache_mod.cache_key(bb, pre, ds, autocast=False) != key
+    with torch.no_grad():
+        bb.model.norm.weight.add_(1.0)
+    assert cache_mod.cache_key(bb, pre, ds, autocast=True) != key  # weights digest
+
+
+def test_corrupt_entry_is_rebuilt(setup, tmp_path, caplog):
+    bb, pre, ds = setup
+    good = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)
+    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (entry / "embeddings.npy").write_bytes(b"\x93NUMPY truncated")
+    again = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)
+    np.testing.assert_array_equal(good.embeddings, again.embeddings)
+    assert "corrupt" in caplog.text
+
+
+def test_tokens_requested_later_reextracts(setup, tmp_path):
+    bb, pre, ds = setup
+    assert extract_features(bb, ds, pre, cache_dir=tmp_path).tokens is None
+    assert extract_features(bb, ds, pre, cache_dir=tmp_path, with_tokens=True).tokens is not None
+    assert extract_features(bb, ds, pre, cache_dir=tmp_path).tokens is not None  # a superset serves
+
+
+def test_resume_after_kill_matches_uninterrupted(setup, tmp_path, monkeypatch):
+    bb, pre, ds = setup
+    ref = extract_features(bb, ds, pre, cache_dir=tmp_path / "ref", with_tokens=True, batch_size=2)
+    monkeypatch.setattr(cache_mod, "_SAVE_EVERY", 1)
+    killer = CountingForward(bb, fail_after=3)  # 1 shape probe + 2 batches, then killed
+    monkeypatch.setattr(bb, "forward_features", killer)
+    with pytest.raises(Killed):
+        extract_features(bb, ds, pre, cache_dir=tmp_path / "run", with_tokens=True, batch_size=2)
+    assert any(p.name.endswith(".partial") for p in (tmp_path / "run").iterdir())
+    counter = CountingForward(bb)
+    monkeypatch.setattr(bb, "forward_features", counter)
+    resumed = extract_features(bb, ds, pre, cache_dir=tmp_path / "run", with_tokens=True, batch_size=2)
+    assert counter.calls == 1 + 3  # shape probe + the 3 batches not done before the kill
+    np.testing.assert_array_equal(resumed.embeddings, ref.embeddings)
+    np.testing.assert_array_equal(resumed.tokens, ref.tokens)
