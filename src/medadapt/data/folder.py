@@ -1,0 +1,581 @@
+"""Datasets from your own images: a CSV of paths and labels (``csv:``) or one subfolder per class (``folder:``).
+
+``csv:/data/labels.csv?image_root=/data/images&task=multilabel`` reads a CSV with a ``path`` and a ``label``
+column, and optionally ``patient_id``, ``split`` (train/val/test) and any metadata columns, which are kept
+row-aligned in ``dataset.metadata`` together with ``row``, the CSV's 0-based data row (line ``row + 2`` of the
+file). Options (all optional):
+
+- ``image_root``: folder that relative paths start from (default: the CSV's folder).
+- ``path_col``, ``label_col``, ``patient_col``, ``split_col``: column names (``path``, ``label``,
+  ``patient_id``, ``split``).
+- ``label_cols=a,b,c``: multi-label as one 0/1 column per label (instead of ``a|b`` in the label column;
+  ``label_sep`` changes the ``|``).
+- ``task``: binary | multiclass | multilabel | ordinal. Default: multilabel when ``label_cols`` is given or a
+  label contains the separator, binary for two classes, else multiclass.
+- ``classes=a,b,c``: class order; labels outside it are bad rows. Default: the sorted unique labels, sorted
+  numerically when every label is an integer (so ordinal grades keep their order). For binary tasks the
+  positive class is ``classes[1]``.
+- ``seed`` (0) and ``fractions`` (0.7,0.1,0.2): the patient-grouped, stratified split used when there is no
+  split column (:func:`medadapt.data.splits.grouped_split`); rows of one patient never cross splits, and a
+  row without a patient id is its own group.
+- ``channels``: 1 or 3. Default: 1 when every probed image (up to 256, spread over the whole table) is
+  grayscale, else 3; every image is converted to that.
+- ``skip_bad``: drop bad rows instead of raising (same as the ``skip_bad=True`` argument).
+- ``verify``: also check each image file's integrity (PIL ``verify()``: reads whole PNG files, finds
+  truncated ones); by default only headers are read, which is cheap.
+
+``folder:/data/root`` reads ``root/CLASS/**/image`` or, when ``root/train``, ``root/val`` or ``root/test``
+exist, ``root/SPLIT/CLASS/**/image``; options ``task``, ``classes``, ``seed``, ``fractions``, ``channels``,
+``skip_bad``, ``verify``. Without split folders every image is its own group in the split.
+
+Images: PNG, JPEG, TIFF, BMP (PIL) and DICOM (:mod:`medadapt.data.dicom`). RGBA/P/CMYK become RGB, LA
+becomes L (alpha is dropped). 16-bit, 32-bit and float images are scaled to uint8 by **their own min/max**
+(as DICOM files without a window are), since 12-bit data stored in 16-bit files would be nearly black if
+scaled by bit depth. ``image(i)`` returns a uint8 ``Tensor[C, H, W]`` at the file's own size; resizing is
+done later on batches. The ``root`` and ``size`` loader arguments are not used by these kinds.
+
+Bad rows (missing file, empty or unknown label, invalid split, unreadable image header) raise a DataError
+listing the first few with their row numbers; with ``skip_bad=True`` they are dropped, logged, and listed in
+``dataset.skipped`` as ``(row, reason)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..errors import ConfigError, DataError
+from .base import DATASETS, SPLITS, TASKS, DatasetAddress, MedicalDataset
+from .dicom import _scale, is_dicom, probe_dicom, read_dicom
+from .splits import DEFAULT_FRACTIONS, grouped_split
+
+__all__ = ["ImageFileDataset", "read_image", "load_csv", "load_folder"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_SHOWN_ERRORS = 5
+_PROBE_LIMIT = 256
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def read_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
+    """Read one image file (PIL formats or DICOM) as a uint8 ``Tensor[channels, H, W]``."""
+    arr = read_dicom(path) if _is_dicom_file(path) else _read_pil(path)
+    arr = _to_channels(arr, channels)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _is_dicom_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in _DICOM_SUFFIXES or is_dicom(path)
+
+
+def _read_pil(path: str | os.PathLike) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith(("I", "F")):
+                values = np.asarray(im)
+                return _scale(values, float(values.min()), float(values.max()))
+            return np.array(im.convert("L" if im.mode in _GRAY_MODES else "RGB"))  # a writable copy
+    except _PIL_ERRORS as e:
+        raise DataError(f"cannot read image {os.fspath(path)!r}: {e}") from e
+
+
+def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 → ``(H, W, channels)``; RGB → gray uses PIL's ITU-R 601-2 luma."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == channels:
+        return arr
+    if channels == 3:
+        return np.repeat(arr, 3, axis=2)
+    return np.array(Image.fromarray(arr).convert("L"))[:, :, None]
+
+
+def _probe_image(path: str, *, verify: bool) -> int:
+    """Open the header (and with ``verify`` check the file's integrity); return 1 (gray) or 3 channels."""
+    if _is_dicom_file(path):
+        return probe_dicom(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if verify:
+                im.verify()
+    except _PIL_ERRORS as e:
+        raise DataError(f"not a readable image ({e})") from e
+    return 1 if mode in _GRAY_MODES or mode.startswith(("I;", "F;")) else 3
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+class ImageFileDataset(MedicalDataset):
+    """Images read from files on demand; built by the ``csv`` and ``folder`` dataset kinds."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        split: str,
+        task: str,
+        classes: list[str],
+        n_channels: int,
+        paths: list[str],
+        labels: np.ndarray,
+        metadata: pd.DataFrame,
+        skipped: list[tuple[int, str]],
+    ) -> None:
+        assert len(paths) == len(labels) == len(metadata)
+        self.name, self.split, self.task, self.classes = name, split, task, classes
+        self.n_channels, self.paths, self.labels, self.metadata = n_channels, paths, labels, metadata
+        self.skipped = skipped
+
+    def image(self, i: int) -> torch.Tensor:
+        return read_image(self.paths[i], self.n_channels)
+
+    def __repr__(self) -> str:
+        return f"ImageFileDataset({self.name!r}, split={self.split!r}, n={len(self)}, task={self.task!r})"
+
+
+# --------------------------------------------------------------------------------------------- options
+
+_COMMON_OPTIONS = ("task", "classes", "seed", "fractions", "channels", "skip_bad", "verify")
+_CSV_OPTIONS = (
+    *_COMMON_OPTIONS,
+    *("image_root", "path_col", "label_col", "label_cols", "label_sep", "patient_col", "split_col"),
+)
+
+
+@dataclass(frozen=True)
+class _Options:
+    task: str | None = None
+    classes: list[str] | None = None
+    seed: int = 0
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    channels: int | None = None
+    skip_bad: bool = False
+    verify: bool = False
+    image_root: str | None = None
+    path_col: str = "path"
+    label_col: str = "label"
+    label_cols: list[str] | None = None
+    label_sep: str = "|"
+    patient_col: str | None = None
+    split_col: str = "split"
+
+    @classmethod
+    def parse(cls, options: dict[str, Any], valid: tuple[str, ...], kind: str) -> _Options:
+        for key in options:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"unknown option {key!r} for {kind}: datasets{hint} (valid: {', '.join(valid)})"
+                )
+        values = dict(options)
+        for key in ("classes", "label_cols"):
+            if key in values:
+                values[key] = _as_list(values[key])
+        if "fractions" in values:
+            values["fractions"] = tuple(_as_float(v, "fractions") for v in _as_list(values["fractions"]))
+        for key in ("image_root", "path_col", "label_col", "label_sep", "patient_col", "split_col"):
+            if key in values:
+                values[key] = str(values[key])
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels={self.channels!r} is not valid; choose 1 (gray) or 3 (RGB)")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed={self.seed!r} is not valid; give an integer")
+        for name in ("skip_bad", "verify"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not valid; give true or false")
+        if self.label_cols is not None and self.task not in (None, "multilabel"):
+            raise ConfigError(f"label_cols gives a multilabel task, but task={self.task!r}; drop one of them")
+        if self.label_cols is not None and self.classes is not None:
+            raise ConfigError(
+                "give either label_cols or classes: with label_cols the columns are the classes"
+            )
+        for name in ("classes", "label_cols"):
+            values = getattr(self, name)
+            if values is not None and (not values or len(set(values)) != len(values)):
+                raise ConfigError(f"{name}={','.join(values)!r} must be a non-empty list of distinct names")
+
+
+def _as_list(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _as_float(value: str, option: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{option}={value!r} is not a number list, e.g. 0.7,0.1,0.2") from None
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+@dataclass
+class _Rows:
+    """Everything known about all rows of a source before one split is selected."""
+
+    source: str
+    table: pd.DataFrame  # metadata, with a ``row`` column
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    task: str
+    splits: np.ndarray  # split name per row; "" when the row's split is invalid
+    errors: dict[int, str]  # row -> reason
+    unit: str  # "row" or "file"
+
+    def where(self, i: int) -> str:
+        return f"row {i} (line {i + 2})" if self.unit == "row" else f"file {i}"
+
+
+def _sort_classes(names: set[str]) -> list[str]:
+    """Sorted class names, numerically when every name is an integer."""
+    try:
+        return sorted(names, key=lambda s: (int(s), s))
+    except ValueError:
+        return sorted(names)
+
+
+def _encode_labels(tokens: list[list[str] | None], opts: _Options, multilabel: bool) -> tuple:
+    """Label tokens per row (None = missing) → (labels, classes, errors)."""
+    classes = opts.classes or _sort_classes({t for row in tokens if row for t in row})
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.zeros((len(tokens), len(classes) if multilabel else 1), dtype=np.int64)
+    errors: dict[int, str] = {}
+    for i, row in enumerate(tokens):
+        unknown = [t for t in row or [] if t not in index]
+        if not row:
+            errors[i] = "label is empty"
+        elif unknown:
+            errors[i] = f"label {unknown[0]!r} is not one of the classes {classes}"
+        elif multilabel:
+            labels[i, [index[t] for t in row]] = 1
+        else:
+            labels[i, 0] = index[row[0]]
+    return labels, classes, errors
+
+
+def _infer_task(opts: _Options, classes: list[str], multilabel: bool, source: str) -> str:
+    task = opts.task or ("multilabel" if multilabel else "binary" if len(classes) == 2 else "multiclass")
+    minimum = 1 if task == "multilabel" else 2
+    if len(classes) < minimum:
+        raise DataError(f"{source}: found only the classes {classes}; a {task} task needs at least {minimum}")
+    if task == "binary" and len(classes) != 2:
+        raise ConfigError(f"task=binary needs exactly 2 classes, but {source} has {len(classes)}: {classes}")
+    return task
+
+
+def _labels_from_column(table: pd.DataFrame, opts: _Options, source: str) -> tuple:
+    raw = table[opts.label_col]
+    text = [None if pd.isna(v) or not str(v).strip() else str(v).strip() for v in raw]
+    multilabel = opts.task == "multilabel" or (
+        opts.task is None and any(t is not None and opts.label_sep in t for t in text)
+    )
+    if multilabel:
+        tokens = [
+            None if t is None else [s.strip() for s in t.split(opts.label_sep) if s.strip()] for t in text
+        ]
+    else:
+        tokens = [None if t is None else [t] for t in text]
+    labels, classes, errors = _encode_labels(tokens, opts, multilabel)
+    return labels, classes, _infer_task(opts, classes, multilabel, source), errors
+
+
+def _labels_from_columns(table: pd.DataFrame, opts: _Options, source: str) -> tuple:
+    columns = opts.label_cols
+    _require_columns(table, columns, source, "label_cols")
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    valid = np.isin(values, (0, 1))
+    errors = {}
+    for i in np.flatnonzero(~valid.all(axis=1)):
+        col = columns[int(np.argmin(valid[i]))]
+        errors[int(i)] = f"label column {col!r} has {table[col].iloc[i]!r}, expected 0 or 1"
+    return np.where(valid, values, 0).astype(np.int64), list(columns), "multilabel", errors
+
+
+def _require_columns(table: pd.DataFrame, columns: list[str], source: str, option: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{source} has no column {missing[0]!r} (columns: {', '.join(str(c) for c in table.columns if c != 'row')}); "
+            f"name the right one with the {option}= option"
+        )
+
+
+def _parse_splits(values: pd.Series) -> tuple[np.ndarray, dict[int, str]]:
+    names = [_SPLIT_ALIASES.get(str(v).strip().lower(), "") if not pd.isna(v) else "" for v in values]
+    errors = {
+        i: f"split {v!r} is not one of train/val/test" for i, (v, n) in enumerate(zip(values, names)) if not n
+    }
+    return np.array(names, dtype=object), errors
+
+
+def _auto_splits(labels: np.ndarray, groups: np.ndarray | None, opts: _Options) -> np.ndarray:
+    return grouped_split(labels, groups, fractions=opts.fractions, seed=opts.seed).astype(object)
+
+
+# ------------------------------------------------------------------------------------------------- csv
+
+
+def _read_table(csv_path: Path, opts: _Options) -> pd.DataFrame:
+    if not csv_path.is_file():
+        raise DataError(f"CSV file {str(csv_path)!r} does not exist; check the path in the dataset address")
+    text_cols = (opts.path_col, opts.label_col, opts.patient_col or "patient_id", opts.split_col)
+    try:
+        table = pd.read_csv(
+            csv_path, sep="\t" if csv_path.suffix == ".tsv" else ",", dtype=dict.fromkeys(text_cols, str)
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot parse CSV file {str(csv_path)!r}: {e}") from e
+    if "row" in table.columns:
+        raise DataError(
+            f"{csv_path.name} has a column named 'row', which medadapt uses for the row number; rename it"
+        )
+    return table.assign(row=np.arange(len(table)))
+
+
+def _resolve_paths(table: pd.DataFrame, root: Path) -> tuple[list[str], dict[int, str]]:
+    paths, errors = [], {}
+    for i, value in enumerate(table.iloc[:, 0]):
+        if pd.isna(value) or not str(value).strip():
+            paths.append("")
+            errors[i] = "path is empty"
+            continue
+        path = Path(str(value).strip()).expanduser()
+        path = path if path.is_absolute() else root / path
+        paths.append(str(path))
+        if not path.is_file():
+            errors[i] = f"file not found: {path}"
+    return paths, errors
+
+
+def _patient_groups(table: pd.DataFrame, opts: _Options, source: str) -> np.ndarray | None:
+    column = opts.patient_col or "patient_id"
+    if column not in table.columns:
+        if opts.patient_col:
+            _require_columns(table, [column], source, "patient_col")
+        logger.info("%s has no %r column: every row is its own group in the split", source, column)
+        return None
+    ids = table[column]
+    return np.where(ids.isna(), "\0row" + table["row"].astype(str), ids.astype(str))
+
+
+def _csv_rows(csv_path: Path, opts: _Options) -> _Rows:
+    source = csv_path.name
+    table = _read_table(csv_path, opts)
+    _require_columns(table, [opts.path_col], source, "path_col")
+    if opts.label_cols is None:
+        _require_columns(table, [opts.label_col], source, "label_col (or label_cols=a,b,c for 0/1 columns)")
+        labels, classes, task, errors = _labels_from_column(table, opts, source)
+    else:
+        labels, classes, task, errors = _labels_from_columns(table, opts, source)
+    root = Path(opts.image_root).expanduser() if opts.image_root else csv_path.parent
+    paths, path_errors = _resolve_paths(table[[opts.path_col]], root)
+    if opts.split_col in table.columns:
+        splits, split_errors = _parse_splits(table[opts.split_col])
+    else:
+        splits, split_errors = _auto_splits(labels, _patient_groups(table, opts, source), opts), {}
+    errors = _merge_errors(path_errors, errors, split_errors)
+    return _Rows(source, table, paths, labels, classes, task, splits, errors, "row")
+
+
+def _merge_errors(*sources: dict[int, str]) -> dict[int, str]:
+    """One reason per row: the first source that has one."""
+    merged: dict[int, str] = {}
+    for errors in sources:
+        for i, reason in errors.items():
+            merged.setdefault(i, reason)
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------- folder
+
+
+def _list_images(folder: Path) -> list[Path]:
+    files = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _folder_table(root: Path) -> pd.DataFrame:
+    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    entries = []
+    for split in split_dirs or [""]:
+        for class_dir in _class_dirs(root / split):
+            entries += [(str(p.relative_to(root)), class_dir.name, split) for p in _list_images(class_dir)]
+    if not entries:
+        raise DataError(
+            f"found no images under {str(root)!r}; expected ROOT/CLASS/image files or ROOT/train/CLASS/..., "
+            f"with suffixes {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    table = pd.DataFrame(entries, columns=["path", "label", "split"])
+    table = table if split_dirs else table.drop(columns="split")
+    return table.assign(row=np.arange(len(table)))
+
+
+def _folder_rows(root: Path, opts: _Options) -> _Rows:
+    if not root.is_dir():
+        raise DataError(f"dataset folder {str(root)!r} does not exist; check the path in the dataset address")
+    table = _folder_table(root)
+    labels, classes, errors = _encode_labels([[c] for c in table["label"]], opts, multilabel=False)
+    errors = {
+        i: f"class folder {table['label'].iloc[i]!r} is not one of the classes {classes}" for i in errors
+    }
+    if opts.task == "multilabel":
+        raise ConfigError("folder: datasets cannot be multilabel; use a csv: dataset with label_cols")
+    task = _infer_task(opts, classes, False, root.name)
+    if "split" in table.columns:
+        splits = table["split"].to_numpy(dtype=object)
+    else:
+        splits = _auto_splits(labels, None, opts)
+    paths = [str(root / p) for p in table["path"]]
+    return _Rows(root.name, table, paths, labels, classes, task, splits, errors, "file")
+
+
+# ------------------------------------------------------------------------------------------- one split
+
+
+def _choose_channels(rows: _Rows, opts: _Options) -> int:
+    """``channels`` option, else 1 when every probed image (spread over all rows) is grayscale."""
+    if opts.channels is not None:
+        return opts.channels
+    good = np.array([i for i in range(len(rows.paths)) if i not in rows.errors], dtype=int)
+    sample = good[np.unique(np.linspace(0, len(good) - 1, min(len(good), _PROBE_LIMIT)).astype(int))]
+    for i in sample:
+        try:
+            if _probe_image(rows.paths[i], verify=False) == 3:
+                logger.info(
+                    "%s: %s is a color image, so images are read as RGB (channels=1 forces gray)",
+                    rows.source,
+                    rows.paths[i],
+                )
+                return 3
+        except DataError:
+            continue  # reported by the validation pass if it is in the loaded split
+    return 1
+
+
+def _split_errors(rows: _Rows, in_split: np.ndarray, verify: bool) -> dict[int, str]:
+    """Known errors of this split's rows (and rows with no valid split), plus unreadable image headers."""
+    errors = {i: r for i, r in rows.errors.items() if in_split[i] or not rows.splits[i]}
+    for i in np.flatnonzero(in_split):
+        if int(i) not in errors:
+            try:
+                _probe_image(rows.paths[i], verify=verify)
+            except DataError as e:
+                errors[int(i)] = f"unreadable image {rows.paths[i]}: {e}"
+    return dict(sorted(errors.items()))
+
+
+def _bad_rows_message(rows: _Rows, split: str, errors: dict[int, str], n_split: int) -> str:
+    shown = "; ".join(f"{rows.where(i)}: {reason}" for i, reason in list(errors.items())[:_SHOWN_ERRORS])
+    more = f"; ... and {len(errors) - _SHOWN_ERRORS} more" if len(errors) > _SHOWN_ERRORS else ""
+    return (
+        f"{rows.source}: {len(errors)} bad {rows.unit}(s) for split {split!r} ({n_split} in it): "
+        f"{shown}{more}. Fix or remove them, or drop them with skip_bad=True (CLI: --skip-bad-rows)"
+    )
+
+
+def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -> ImageFileDataset:
+    n_channels = _choose_channels(rows, opts)
+    in_split = rows.splits == split
+    if not in_split.any():
+        logger.warning("%s: split %r has no %ss; the dataset is empty", rows.source, split, rows.unit)
+    errors = _split_errors(rows, in_split, opts.verify)
+    if errors and not skip_bad:
+        raise DataError(_bad_rows_message(rows, split, errors, int(in_split.sum())))
+    if errors:
+        logger.warning(
+            "%s: skipped %d bad %s(s) in split %r; see dataset.skipped",
+            rows.source,
+            len(errors),
+            rows.unit,
+            split,
+        )
+    keep = in_split.copy()
+    keep[list(errors)] = False
+    idx = np.flatnonzero(keep)
+    return ImageFileDataset(
+        name=name,
+        split=split,
+        task=rows.task,
+        classes=rows.classes,
+        n_channels=n_channels,
+        paths=[rows.paths[i] for i in idx],
+        labels=rows.labels[idx],
+        metadata=rows.table.iloc[idx].reset_index(drop=True),
+        skipped=list(errors.items()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+
+
+@DATASETS.register("csv")
+def load_csv(
+    address: DatasetAddress,
+    split: str,
+    *,
+    root: str | None = None,
+    size: int | None = None,
+    skip_bad: bool = False,
+    **ignored: Any,
+) -> ImageFileDataset:
+    """Load one split of a CSV-described dataset (options: see the module docstring).
+
+    Example:
+        >>> from medadapt.data import load_dataset
+        >>> ds = load_dataset("csv:/data/labels.csv?task=multilabel", "train")  # doctest: +SKIP
+    """
+    opts = _Options.parse(address.options, _CSV_OPTIONS, "csv")
+    rows = _csv_rows(Path(address.location).expanduser(), opts)
+    return _build(rows, split, str(address), opts, skip_bad or bool(opts.skip_bad))
+
+
+@DATASETS.register("folder")
+def load_folder(
+    address: DatasetAddress,
+    split: str,
+    *,
+    root: str | None = None,
+    size: int | None = None,
+    skip_bad: bool = False,
+    **ignored: Any,
+) -> ImageFileDataset:
+    """Load one split of a class-per-subfolder image dataset (options: see the module docstring).
+
+    Example:
+        >>> from medadapt.data import load_dataset
+        >>> ds = load_dataset("folder:/data/xrays?channels=1", "test")  # doctest: +SKIP
+    """
+    opts = _Options.parse(address.options, _COMMON_OPTIONS, "folder")
+    rows = _folder_rows(Path(address.location).expanduser(), opts)
+    return _build(rows, split, str(address), opts, skip_bad or bool(opts.skip_bad))

@@ -1,0 +1,27 @@
+"""Training: probes on cached frozen features (a whole hyper-parameter grid in one pass)."""
+
+from .probe import (
+    DEFAULT_KS,
+    DEFAULT_LRS,
+    TASKS,
+    ProbeResult,
+    autocast_context,
+    loss_fn,
+    lr_factor,
+    seeded,
+    to_scores,
+    train_probe,
+)
+
+__all__ = [
+    "DEFAULT_KS",
+    "DEFAULT_LRS",
+    "TASKS",
+    "ProbeResult",
+    "autocast_context",
+    "loss_fn",
+    "lr_factor",
+    "seeded",
+    "to_scores",
+    "train_probe",
+]

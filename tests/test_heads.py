@@ -1,0 +1,141 @@
+"""Probe heads: registry, output shapes, the timm building blocks, kNN voting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from timm.layers import AttentionPoolLatent
+from timm.models.vision_transformer import Block
+
+from medadapt.errors import ConfigError, UnknownNameError
+from medadapt.heads import (
+    HEADS,
+    AttentionPoolHead,
+    KNNHead,
+    LinearHead,
+    create_head,
+    default_num_heads,
+    knn_scores,
+)
+
+DIM, TOKENS, BATCH = 32, 6, 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is fastest, and avoids oversubscription on a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inputs(key: str, rng: np.random.Generator, n: int = BATCH) -> torch.Tensor:
+    if key == "tokens":
+        return torch.from_numpy(rng.standard_normal((n, TOKENS, DIM)).astype(np.float16))
+    return torch.from_numpy(rng.standard_normal((n, DIM)).astype(np.float32))
+
+
+def _build(name: str, num_outputs: int, rng: np.random.Generator) -> torch.nn.Module:
+    head = create_head(name, DIM, num_outputs)
+    if name == "knn":
+        labels = rng.integers(0, num_outputs, 40)
+        head.fit(rng.standard_normal((40, DIM)), np.eye(num_outputs)[labels])
+    return head.eval()
+
+
+def test_registry_lists_heads_and_suggests_names() -> None:
+    assert HEADS.list() == ["attention", "knn", "linear"]
+    with pytest.raises(UnknownNameError, match="did you mean 'linear'"):
+        HEADS.get("linaer")
+
+
+@pytest.mark.parametrize("num_outputs", [2, 7])
+@pytest.mark.parametrize("name", HEADS.list())
+def test_output_shape_and_finite(name: str, num_outputs: int) -> None:
+    rng = np.random.default_rng(0)
+    head = _build(name, num_outputs, rng)
+    with torch.no_grad():
+        out = head(_inputs(head.input_key, rng))
+    assert out.shape == (BATCH, num_outputs)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", HEADS.list())
+def test_head_declares_its_contract(name: str) -> None:
+    cls = HEADS.get(name)
+    assert cls.input_key in ("embeddings", "tokens")
+    assert cls.outputs in ("logits", "scores")
+    assert isinstance(cls.trainable, bool)
+
+
+def test_attention_head_uses_timm_blocks_and_latent_pool() -> None:
+    head = AttentionPoolHead(DIM, 3, depth=2)
+    assert sum(isinstance(m, Block) for m in head.modules()) == 2
+    assert any(isinstance(m, AttentionPoolLatent) for m in head.modules())
+    assert isinstance(head.proj, torch.nn.Identity)  # width defaults to min(D, 256) = D here
+
+
+def test_attention_head_projects_wide_tokens() -> None:
+    head = AttentionPoolHead(512, 3, depth=0)
+    assert head.proj.out_features == 256
+    assert head(torch.zeros(2, 4, 512, dtype=torch.float16)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(("width", "heads"), [(32, 1), (256, 4), (384, 6), (200, 2)])
+def test_default_num_heads_divides_width(width: int, heads: int) -> None:
+    assert default_num_heads(width) == heads
+    assert width % default_num_heads(width) == 0
+
+
+def test_attention_head_rejects_bad_num_heads() -> None:
+    with pytest.raises(ConfigError, match="divisible by num_heads=5"):
+        AttentionPoolHead(DIM, 2, num_heads=5)
+
+
+def test_linear_head_standardizes_with_train_statistics() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((100, DIM)) * 50 + 7).astype(np.float32)
+    head = LinearHead(DIM, 2).standardize_with(x)
+    z = (torch.from_numpy(x) - head.mean) / head.std
+    assert torch.allclose(z.mean(0), torch.zeros(DIM), atol=1e-4)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(DIM), atol=1e-4)
+    assert "mean" in head.state_dict() and "std" in head.state_dict()
+
+
+def test_knn_one_neighbour_returns_its_label() -> None:
+    bank = np.eye(4, DIM)
+    head = KNNHead(DIM, 2, k=1).fit(bank, np.eye(2)[[0, 1, 1, 0]])
+    scores = head(torch.from_numpy(bank * 3.0).float())  # cosine: the scale does not matter
+    assert scores.argmax(1).tolist() == [0, 1, 1, 0]
+    assert torch.allclose(scores.sum(1), torch.ones(4))
+
+
+def test_knn_scores_chunked_equals_unchunked_for_every_k() -> None:
+    rng = np.random.default_rng(1)
+    bank = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((50, DIM))).float(), dim=1)
+    targets = torch.from_numpy(np.eye(3)[rng.integers(0, 3, 50)]).float()
+    queries = torch.from_numpy(rng.standard_normal((17, DIM))).float()
+    full = knn_scores(queries, bank, targets, ks=(1, 5, 80))
+    chunked = knn_scores(queries, bank, targets, ks=(1, 5, 80), max_elements=60)
+    for k in (1, 5, 80):
+        assert torch.allclose(full[k], chunked[k], atol=1e-6)
+    assert torch.allclose(full[80].sum(1), torch.ones(17), atol=1e-5)  # k > bank: the whole bank votes
+
+
+def test_knn_multilabel_is_weighted_average_of_labels() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, (30, 4))
+    head = KNNHead(DIM, 4, k=30, temperature=1e6).fit(rng.standard_normal((30, DIM)), labels)
+    scores = head(torch.from_numpy(rng.standard_normal((3, DIM))).float())
+    # a huge temperature makes the weights uniform: the score is the label frequency over the bank
+    assert torch.allclose(scores, torch.from_numpy(labels.mean(0)).float().expand(3, 4), atol=1e-4)
+
+
+def test_knn_needs_a_bank() -> None:
+    with pytest.raises(ConfigError, match="fit"):
+        KNNHead(DIM, 2)(torch.zeros(1, DIM))
