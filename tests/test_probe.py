@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,6 @@ from medadapt.training import probe as probe_module
 
 DIM, TOKENS = 16, 4
 FAST = {"epochs": 15, "batch_size": 64, "lrs": (1e-2, 1e-3)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is fastest, and avoids oversubscription on a busy CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _labels(task: str, rng: np.random.Generator, n: int, num_outputs: int) -> np.ndarray:

@@ -21,10 +21,10 @@ import yaml
 
 from .._registry import Registry
 from ..errors import ConfigError
+from ..tasks import TASKS
 
 __all__ = ["TASKS", "SPLITS", "MedicalDataset", "DatasetAddress", "DATASETS", "load_dataset"]
 
-TASKS = ("binary", "multiclass", "multilabel", "ordinal")
 SPLITS = ("train", "val", "test")
 
 

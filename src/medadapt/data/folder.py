@@ -54,7 +54,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from .base import DATASETS, SPLITS, TASKS, DatasetAddress, MedicalDataset
+from ..tasks import TASKS
+from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
 from .dicom import _scale, is_dicom, probe_dicom, read_dicom
 from .splits import DEFAULT_FRACTIONS, grouped_split
 

@@ -22,7 +22,8 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from .._registry import Registry
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from ..tasks import TASKS, check_task
 
 __all__ = [
     "TASKS",
@@ -40,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("binary", "multiclass", "multilabel", "ordinal")
 NAN = float("nan")
 
 MetricFn = Callable[[str, ArrayLike, ArrayLike], float]
@@ -50,8 +50,7 @@ METRICS: Registry[MetricFn] = Registry("metric")
 # ---------------------------------------------------------------------------------------------- validation
 def _prepare(task: str, labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Check the task and shapes; return labels (int ``[N]``, or float ``[N, L]`` for multilabel) and scores."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    check_task(task)
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] == 0:

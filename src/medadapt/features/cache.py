@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from .._device import autocast_context
+from .._io import atomic_write
 from ..backbones.base import Backbone
 from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, make_loader
@@ -234,6 +235,6 @@ def _save_progress(work: Path, meta: dict, with_tokens: bool, rows: int, emb, to
     emb.flush()
     if tok is not None:
         tok.flush()
-    tmp = work / "progress.json.tmp"
-    tmp.write_text(json.dumps({"key": meta["key"], "tokens": with_tokens, "rows": rows}))
-    os.replace(tmp, work / "progress.json")
+    atomic_write(
+        work / "progress.json", json.dumps({"key": meta["key"], "tokens": with_tokens, "rows": rows})
+    )

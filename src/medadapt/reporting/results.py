@@ -16,10 +16,8 @@ import json
 import os
 import platform
 import re
-import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import pandas as pd
 import yaml
 from numpy.typing import ArrayLike
 
+from .._io import atomic_write
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -77,43 +76,6 @@ StrPath = str | os.PathLike
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
-def atomic_write(path: StrPath, data: bytes | str) -> Path:
-    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically, creating parent folders.
-
-    Readers see the old file or the new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _dir_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` so concurrent runs do not lose each other's rows (POSIX)."""

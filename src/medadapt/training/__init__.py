@@ -5,10 +5,8 @@ from .probe import (
     DEFAULT_LRS,
     TASKS,
     ProbeResult,
-    autocast_context,
     loss_fn,
     lr_factor,
-    seeded,
     to_scores,
     train_probe,
 )
@@ -18,10 +16,8 @@ __all__ = [
     "DEFAULT_LRS",
     "TASKS",
     "ProbeResult",
-    "autocast_context",
     "loss_fn",
     "lr_factor",
-    "seeded",
     "to_scores",
     "train_probe",
 ]

@@ -13,7 +13,6 @@ every ``n`` epochs and the best epoch's weights are kept (early stopping on vali
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._device import autocast_context, seeded
 from ..errors import ConfigError, DataError
 from ..features.featureset import FeatureSet
 from ..heads import HEADS, KNNHead, create_head, knn_scores
+from ..tasks import TASKS, check_task
 
 __all__ = [
     "TASKS",
@@ -38,13 +39,10 @@ __all__ = [
     "loss_fn",
     "to_scores",
     "lr_factor",
-    "autocast_context",
-    "seeded",
 ]
 
 log = logging.getLogger(__name__)
 
-TASKS = ("binary", "multiclass", "multilabel", "ordinal")  # as medadapt.data.TASKS
 DEFAULT_LRS = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 DEFAULT_KS = (5, 10, 20, 50)
 
@@ -59,7 +57,7 @@ def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     Binary tasks use two logits and softmax (the MedMNIST convention); ordinal is treated as multi-class.
     Unknown (NaN) multi-label entries are left out of the loss.
     """
-    _check_task(task)
+    check_task(task)
     if task == "multilabel":
         return _masked_bce
     return lambda logits, labels: F.cross_entropy(logits, labels[:, 0].long())
@@ -74,7 +72,7 @@ def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def to_scores(task: str, logits: torch.Tensor) -> torch.Tensor:
     """Probabilities from logits: sigmoid per label for multi-label, softmax over classes otherwise."""
-    _check_task(task)
+    check_task(task)
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
 
 
@@ -84,41 +82,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def autocast_context(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the device runs bf16 natively (CUDA, CPUs with AVX512-BF16/AMX); else a no-op.
-
-    On CPUs without native bf16 autocast is emulated and an order of magnitude slower, so it stays off.
-    """
-    dev = torch.device(device)
-    if enabled and _native_bf16(dev):
-        return torch.autocast(dev.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _native_bf16(dev: torch.device) -> bool:
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if dev.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Seed torch's CPU RNG (and ``device``'s, if CUDA) inside a fork; the global state is restored on exit."""
-    dev = torch.device(device)
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 # ------------------------------------------------------------------------------------------------ result
@@ -441,11 +404,6 @@ def _head_input(fs: FeatureSet, head: str, key: str, split: str) -> np.ndarray:
     return array
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-
-
 def _check_args(
     task: str,
     num_outputs: int,
@@ -455,7 +413,7 @@ def _check_args(
     epochs: int,
     batch_size: int,
 ) -> None:
-    _check_task(task)
+    check_task(task)
     if task == "binary" and num_outputs != 2:
         raise ConfigError(f"binary tasks use 2 outputs (softmax, the MedMNIST convention), got {num_outputs}")
     if not grid or len(set(grid)) != len(grid):
