@@ -112,3 +112,14 @@ def test_list_and_help(capsys):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([cmd, "--help"])
         assert e.value.code == 0
+
+
+def test_python_api_mirrors_the_cli(env):
+    import medadapt
+
+    table = medadapt.probe(dataset="medmnist:breastmnist", backbone=TINY_VIT, pretrained=False,
+                           data_root=str(env / "data"), epochs=2, head="linear", out=str(env / "api"))  # fmt: skip
+    assert set(table["split"]) == {"val", "test", "cost"}
+    assert {"auc", "acc", "balanced_accuracy", "cohen_kappa"} <= set(table["metric"])
+    with pytest.raises(AttributeError):
+        medadapt.not_an_api  # noqa: B018

@@ -119,3 +119,11 @@ def test_resume_after_kill_matches_uninterrupted(setup, tmp_path, monkeypatch):
     assert counter.calls == 1 + 3  # shape probe + the 3 batches not done before the kill
     np.testing.assert_array_equal(resumed.embeddings, ref.embeddings)
     np.testing.assert_array_equal(resumed.tokens, ref.tokens)
+
+
+def test_state_digest_handles_scalar_buffers():
+    """BatchNorm's 0-dim ``num_batches_tracked`` must hash like any tensor."""
+    bn = torch.nn.BatchNorm1d(3)
+    before = cache_mod.state_digest(bn)
+    bn.num_batches_tracked += 1
+    assert cache_mod.state_digest(bn) != before

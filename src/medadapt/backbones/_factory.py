@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import json
 import logging
@@ -97,8 +98,19 @@ def _fmt(value: Any) -> str:
 
 def catalog() -> list[dict[str, Any]]:
     """The curated backbone catalogue (``catalog/backbones.yaml``): alias, address, family, license."""
+    return [dict(e) for e in _read_catalog()]
+
+
+@functools.lru_cache(maxsize=1)
+def _read_catalog() -> tuple[dict[str, Any], ...]:
     text = resources.files("medadapt").joinpath("catalog/backbones.yaml").read_text()
-    return yaml.safe_load(text)["backbones"]
+    return tuple(yaml.safe_load(text)["backbones"])
+
+
+def catalog_license(address: BackboneAddress) -> str | None:
+    """License of the released weights, where the catalogue lists the address."""
+    text = f"{address.source}:{address.name}"
+    return next((e.get("license") for e in _read_catalog() if e["address"] == text), None)
 
 
 def resolve_alias(text: str) -> str:

@@ -34,10 +34,10 @@ from torch import nn
 
 from .._optional import require
 from ..errors import ConfigError, WeightsError
-from ._factory import BackboneAddress, adapt_channels, catalog
+from ._factory import BackboneAddress, adapt_channels, catalog_license
 from .base import Backbone, BackboneSpec, Features, groups_from_modules
 
-__all__ = ["create", "HFBackbone", "fetch_hub_file"]
+__all__ = ["create", "HFBackbone", "fetch_hub_file", "is_offline"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ _DEFAULT_STATS = {"siglip_vision_model": _HALF, "siglip2_vision_model": _HALF}
 _POOLER_FAMILIES = {"dinov2", "dinov2_with_registers", "dinov3_vit", "siglip_vision_model"}
 #: Parameters a checkpoint may lack without harm (used only for masked-image-modelling pretraining).
 _BENIGN_MISSING = ("mask_token",)
+_TRUE = ("1", "ON", "YES", "TRUE")
 #: The file name transformers expects for a single weights file, by suffix.
 _WEIGHT_NAMES = {
     ".safetensors": "model.safetensors",
@@ -106,15 +107,11 @@ def _find_blocks(module: nn.Module, n_layers: int) -> nn.ModuleList | None:
     return None
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
+    """Whether hub downloads are disabled (``HF_HUB_OFFLINE``), read at call time."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    )
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
 
 
 def _cache_dir() -> str:
@@ -128,7 +125,7 @@ def _cache_first(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, local_files_only=True, cache_dir=_cache_dir(), **kwargs)
     except (OSError, ValueError):
-        if _offline():
+        if is_offline():
             raise
     return fn(*args, cache_dir=_cache_dir(), **kwargs)
 
@@ -176,6 +173,11 @@ def _load_config(
     """The vision config of a repo or local folder, with the address's overrides applied."""
     transformers = require("transformers", extra="hf")
     if isinstance(source, Path):
+        if not (source / "config.json").is_file():
+            raise WeightsError(
+                f"--weights {str(source)!r} has no config.json; give a folder as save_pretrained writes it "
+                "(config.json + model.safetensors), or a single weights file"
+            )
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
     else:
         try:
@@ -264,7 +266,7 @@ def _load_model(
         with tempfile.TemporaryDirectory(prefix="medadapt-hf-") as tmp:
             folder = _stage_weights_file(path, config, Path(tmp))
             model = _from_pretrained(
-                folder, config, revision=None, unavailable=f"could not load --weights {path}"
+                folder, config, revision=None, unavailable=f"could not load --weights {path}", where=str(path)
             )
         return model, f"file:{path}", repo
     config = _load_config(repo, revision, overrides, pretrained=pretrained)
@@ -325,11 +327,6 @@ def _patch_size(config: Any) -> int:
     return int(p[0] if isinstance(p, (tuple, list)) else p)
 
 
-def _license(address: BackboneAddress) -> str | None:
-    text = f"{address.source}:{address.name}"
-    return next((e.get("license") for e in catalog() if e["address"] == text), None)
-
-
 def create(
     address: BackboneAddress,
     *,
@@ -367,6 +364,6 @@ def create(
         channel_mode=mode,
         patch_size=patch,
         pretrained=label,
-        license=_license(address),
+        license=catalog_license(address),
     )
     return HFBackbone(model, spec, pool=_pool_kind(model))

@@ -39,8 +39,8 @@ from torch import nn
 
 from .._optional import require
 from ..errors import ConfigError, UnknownNameError, WeightsError
-from ._factory import BackboneAddress, adapt_channels, catalog
-from ._hf import fetch_hub_file
+from ._factory import BackboneAddress, adapt_channels, catalog_license
+from ._hf import fetch_hub_file, is_offline
 from ._timm import TimmBackbone
 from ._weights import load_state_dict_file
 from .base import Backbone, BackboneSpec, Features, groups_from_modules, tokens_from_map
@@ -197,8 +197,10 @@ def _tag_checkpoint(name: str, tag: str) -> tuple[Path, str]:
             [str(Path(filename).with_suffix(".safetensors")), filename] if filename else list(_HUB_WEIGHTS)
         )
         return _hub_checkpoint(f"{name}@{tag}", repo, files), repo
-    url = pcfg.get("url", "")
+    url = pcfg.get("url", "")  # tags of older open_clip releases without a hub copy
     try:
+        if is_offline():
+            raise OSError("HF_HUB_OFFLINE is set")
         return Path(oc.download_pretrained_from_url(url)), url
     except Exception as e:  # noqa: BLE001 - any download failure is reported with the URL and the way out
         raise WeightsError(
@@ -305,6 +307,8 @@ def _fit_pos_embed(sd: dict[str, torch.Tensor], tower: nn.Module) -> None:
     from timm.layers import resample_abs_pos_embed
 
     old = int(round((pe.shape[0] - 1) ** 0.5))
+    if old * old + 1 != pe.shape[0]:
+        return  # not a square grid: leave it to load_state_dict to report the mismatch
     new = resample_abs_pos_embed(
         pe[None], new_size=list(tower.grid_size), old_size=[old, old], num_prefix_tokens=1
     )
@@ -318,7 +322,8 @@ def _load_weights(tower: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = tower.load_state_dict(sd, strict=False)
     except RuntimeError as e:
-        raise WeightsError(f"weights {str(path)!r} do not fit the open_clip image tower: {e}") from e
+        detail = " ".join(str(e).split())[:600]
+        raise WeightsError(f"weights {str(path)!r} do not fit the open_clip image tower: {detail}") from e
     if missing or unexpected:
         raise WeightsError(
             f"weights {str(path)!r} do not fit the open_clip image tower: missing {sorted(missing)[:8]}, "
@@ -357,7 +362,7 @@ def _strip_vit(tower: nn.Module) -> tuple[str, bool]:
 def _wrap(
     tower: nn.Module, spec_kwargs: dict[str, Any], img_size: tuple[int, int], timm_pool: str
 ) -> Backbone:
-    """Adapt the tower to ``img_size`` and wrap it; returns the backbone (spec filled by the caller)."""
+    """Adapt the tower to ``img_size`` and wrap it in the backbone class of its kind."""
     kind = type(tower).__name__
     if kind == "TimmModel":
         trunk = tower.trunk
@@ -386,11 +391,6 @@ def _patch_size(tower: nn.Module) -> int | None:
     if patch is None and trunk is not None:
         patch = getattr(getattr(trunk, "patch_embed", None), "patch_size", None)
     return int(patch[0]) if isinstance(patch, (tuple, list)) else patch
-
-
-def _license(address: BackboneAddress) -> str | None:
-    text = f"{address.source}:{address.name}"
-    return next((e.get("license") for e in catalog() if e["address"] == text), None)
 
 
 def create(
@@ -427,7 +427,7 @@ def create(
         channel_mode=mode,
         patch_size=_patch_size(tower),
         pretrained=src.label,
-        license=_license(address),
+        license=catalog_license(address),
     )
     timm_pool = src.model_cfg["vision_cfg"].get("timm_pool", "avg")
     return _wrap(tower, spec_kwargs, img_size, timm_pool)

@@ -33,10 +33,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"could not read weights file {str(path)!r} ({type(e).__name__}: {e}); expected a .safetensors "
             "file or a PyTorch state dict (.pth/.pt/.bin) loadable with torch.load(weights_only=True)"
         ) from e
-    for key in _WRAPPER_KEYS:
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict) and len(sd) <= 4:
+    for key in _WRAPPER_KEYS:  # training checkpoints: {"state_dict": ..., "optimizer": ..., "epoch": ...}
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict) and _all_tensors(sd[key]):
             sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            break
+    if not isinstance(sd, dict) or not _all_tensors(sd):
         raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
     return sd
 
@@ -51,3 +52,7 @@ def hub_hint(what: str, repo: str, files: str) -> str:
         f"cache {HF_HUB_CACHE} (or set HF_HOME), or pass --weights PATH to a local copy, or --no-pretrained for "
         "a random init (recorded in the results)"
     )
+
+
+def _all_tensors(d: dict) -> bool:
+    return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())

@@ -55,7 +55,6 @@ class BackboneSpec:
     channel_mode: str = "none"
     patch_size: int | None = None
     pretrained: str | None = None  # "hub:<id>", "file:<path>" or None for random init
-    weights_digest: str = "random"
     license: str | None = None
 
     def to_dict(self) -> dict:
