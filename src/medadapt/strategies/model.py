@@ -1,0 +1,35 @@
+"""A backbone plus a head, trained end to end (or partly) by a strategy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..heads import create_head
+
+__all__ = ["Classifier", "build_classifier"]
+
+
+class Classifier(nn.Module):
+    """``backbone -> head``: the head reads the global embedding (``linear``) or the patch tokens (``attention``)."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.head_input = getattr(head, "input_key", "embeddings")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone.forward_features(x)
+        return self.head(feats.tokens if self.head_input == "tokens" else feats.embedding)
+
+    def layer_groups(self) -> list[list[str]]:
+        """The backbone's groups (input → output) followed by the head, as parameter names of this module."""
+        groups = [[f"backbone.{n}" for n in g] for g in self.backbone.layer_groups()]
+        return groups + [[f"head.{n}" for n, _ in self.head.named_parameters()]]
+
+
+def build_classifier(backbone: Backbone, head: str, num_outputs: int, **head_kwargs) -> Classifier:
+    """A trainable classifier; ``head`` is ``linear`` or ``attention`` (kNN is not trainable end to end)."""
+    return Classifier(backbone, create_head(head, backbone.num_features, num_outputs, **head_kwargs))
