@@ -5,16 +5,15 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib
-import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
 
 import torch
 import yaml
 
+from .._address import format_address, split_address
 from .._registry import Registry
 from ..errors import ConfigError
 from .adapt import adapt_first_conv
@@ -73,27 +72,11 @@ class BackboneAddress:
 
     @classmethod
     def parse(cls, text: str) -> BackboneAddress:
-        text = resolve_alias(text)
-        source, sep, rest = text.partition(":")
-        if not sep or not rest:
-            raise ConfigError(
-                f"backbone {text!r} is not an address; write SOURCE:NAME with SOURCE one of "
-                f"{sorted(SOURCES)} (e.g. timm:vit_small_patch14_dinov2.lvd142m, hf:microsoft/rad-dino), "
-                "or a catalogue name from `medadapt list backbones`"
-            )
-        if source not in SOURCES:
-            raise ConfigError(SOURCES.unknown_message(source) + f" in backbone address {text!r}")
-        name, _, query = rest.partition("?")
-        kwargs = {k: yaml.safe_load(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
-        return cls(source, name, kwargs)
+        example = "timm:vit_small_patch14_dinov2.lvd142m, hf:microsoft/rad-dino or a name from `medadapt list backbones`"
+        return cls(*split_address(resolve_alias(text), SOURCES, what="backbone", example=example))
 
     def __str__(self) -> str:
-        query = "&".join(f"{k}={_fmt(v)}" for k, v in sorted(self.kwargs.items()))
-        return f"{self.source}:{self.name}" + (f"?{query}" if query else "")
-
-
-def _fmt(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        return format_address(self.source, self.name, self.kwargs)
 
 
 def catalog() -> list[dict[str, Any]]:

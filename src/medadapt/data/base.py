@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
+from .._address import format_address, split_address
 from .._registry import Registry
 from ..errors import ConfigError
 from ..tasks import TASKS
@@ -64,21 +63,11 @@ class DatasetAddress:
 
     @classmethod
     def parse(cls, text: str) -> DatasetAddress:
-        kind, sep, rest = text.partition(":")
-        if not sep or not rest:
-            raise ConfigError(
-                f"dataset {text!r} is not an address; write KIND:LOCATION with KIND one of {DATASETS.list()}, "
-                "e.g. medmnist:breastmnist or csv:/path/labels.csv"
-            )
-        if kind not in DATASETS:
-            raise ConfigError(DATASETS.unknown_message(kind) + f" in dataset address {text!r}")
-        location, _, query = rest.partition("?")
-        options = {k: yaml.safe_load(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
-        return cls(kind, location, options)
+        example = "medmnist:breastmnist or csv:/path/labels.csv"
+        return cls(*split_address(text, DATASETS, what="dataset", example=example))
 
     def __str__(self) -> str:
-        query = "&".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.kind}:{self.location}" + (f"?{query}" if query else "")
+        return format_address(self.kind, self.location, self.options)
 
 
 #: Dataset kinds. A loader is called as ``loader(address, split, **kwargs)`` and returns a MedicalDataset.

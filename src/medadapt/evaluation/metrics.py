@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
 from .._registry import Registry
 from ..errors import DataError
@@ -135,18 +135,16 @@ def _binary_auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def _confusion(task: str, y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """One-vs-rest counts per score column: ``tp``, ``fp``, ``fn``, ``tn`` (unknown labels left out)."""
+    """One-vs-rest counts per score column (sklearn's confusion matrices; unknown labels left out)."""
     if task == "multilabel":
-        known, truth, pred = ~np.isnan(y), np.nan_to_num(y).astype(bool), s > threshold
+        per_label = []
+        for j in range(s.shape[1]):
+            truth, pred = _known(y[:, j], s[:, j] > threshold)
+            per_label.append(confusion_matrix(truth.astype(int), pred.astype(int), labels=[0, 1]))
+        cms = np.stack(per_label)
     else:
-        cols = np.arange(s.shape[1])
-        known, truth, pred = np.ones(s.shape, bool), y[:, None] == cols, s.argmax(1)[:, None] == cols
-    return {
-        "tp": (known & truth & pred).sum(0),
-        "fp": (known & ~truth & pred).sum(0),
-        "fn": (known & truth & ~pred).sum(0),
-        "tn": (known & ~truth & ~pred).sum(0),
-    }
+        cms = multilabel_confusion_matrix(y, s.argmax(1), labels=np.arange(s.shape[1]))
+    return {"tn": cms[:, 0, 0], "fp": cms[:, 0, 1], "fn": cms[:, 1, 0], "tp": cms[:, 1, 1]}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
