@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,75 +50,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from ..errors import ConfigError, DataError
 from ..tasks import TASKS
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
-from .dicom import _scale, is_dicom, probe_dicom, read_dicom
+from .images import probe_image, read_image
 from .splits import DEFAULT_FRACTIONS, grouped_split
 
-__all__ = ["ImageFileDataset", "read_image", "load_csv", "load_folder"]
+__all__ = ["ImageFileDataset", "load_csv", "load_folder"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _SHOWN_ERRORS = 5
 _PROBE_LIMIT = 256
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-# ---------------------------------------------------------------------------------------------- images
-
-
-def read_image(path: str | os.PathLike, channels: int) -> torch.Tensor:
-    """Read one image file (PIL formats or DICOM) as a uint8 ``Tensor[channels, H, W]``."""
-    arr = read_dicom(path) if _is_dicom_file(path) else _read_pil(path)
-    arr = _to_channels(arr, channels)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def _is_dicom_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in _DICOM_SUFFIXES or is_dicom(path)
-
-
-def _read_pil(path: str | os.PathLike) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith(("I", "F")):
-                values = np.asarray(im)
-                return _scale(values, float(values.min()), float(values.max()))
-            return np.array(im.convert("L" if im.mode in _GRAY_MODES else "RGB"))  # a writable copy
-    except _PIL_ERRORS as e:
-        raise DataError(f"cannot read image {os.fspath(path)!r}: {e}") from e
-
-
-def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
-    """``(H, W)`` or ``(H, W, 3)`` uint8 → ``(H, W, channels)``; RGB → gray uses PIL's ITU-R 601-2 luma."""
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.shape[2] == channels:
-        return arr
-    if channels == 3:
-        return np.repeat(arr, 3, axis=2)
-    return np.array(Image.fromarray(arr).convert("L"))[:, :, None]
-
-
-def _probe_image(path: str, *, verify: bool) -> int:
-    """Open the header (and with ``verify`` check the file's integrity); return 1 (gray) or 3 channels."""
-    if _is_dicom_file(path):
-        return probe_dicom(path)
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if verify:
-                im.verify()
-    except _PIL_ERRORS as e:
-        raise DataError(f"not a readable image ({e})") from e
-    return 1 if mode in _GRAY_MODES or mode.startswith(("I;", "F;")) else 3
 
 
 # --------------------------------------------------------------------------------------------- dataset
@@ -472,7 +417,7 @@ def _choose_channels(rows: _Rows, opts: _Options) -> int:
     sample = good[np.unique(np.linspace(0, len(good) - 1, min(len(good), _PROBE_LIMIT)).astype(int))]
     for i in sample:
         try:
-            if _probe_image(rows.paths[i], verify=False) == 3:
+            if probe_image(rows.paths[i], verify=False) == 3:
                 logger.info(
                     "%s: %s is a color image, so images are read as RGB (channels=1 forces gray)",
                     rows.source,
@@ -490,7 +435,7 @@ def _split_errors(rows: _Rows, in_split: np.ndarray, verify: bool) -> dict[int, 
     for i in np.flatnonzero(in_split):
         if int(i) not in errors:
             try:
-                _probe_image(rows.paths[i], verify=verify)
+                probe_image(rows.paths[i], verify=verify)
             except DataError as e:
                 errors[int(i)] = f"unreadable image {rows.paths[i]}: {e}"
     return dict(sorted(errors.items()))
