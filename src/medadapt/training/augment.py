@@ -111,7 +111,7 @@ def _crop_boxes(
     gen: torch.Generator,
     tries: int = 10,
 ) -> tuple[torch.Tensor, ...]:
-    """Random resized crop boxes as affine parameters (half-sizes ``sx, sy`` and centres ``cx, cy`` in [-1, 1]).
+    """Random resized crop boxes as affine parameters: half-sizes ``sx, sy``, centres ``cx, cy`` in [-1, 1].
 
     torchvision's rule, vectorised: up to ``tries`` (area, log-ratio) draws per image, the first that fits
     is used; images where none fits get the whole image.

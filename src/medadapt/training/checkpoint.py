@@ -14,20 +14,34 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._io import _fsync_dir
+from ..data.base import MedicalDataset
+from ..data.transforms import Preprocess
 from ..errors import ConfigError
+from ..features.cache import state_digest
 
-__all__ = ["CHECKPOINT_NAME", "FORMAT", "config_hash", "save_checkpoint", "load_checkpoint", "cpu_state"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FORMAT",
+    "checkpoint_path",
+    "config_hash",
+    "run_fingerprint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "cpu_state",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1  # bump when the checkpoint layout changes
@@ -37,6 +51,48 @@ def config_hash(parts: Mapping[str, Any]) -> str:
     """A short sha256 of ``parts`` as canonical JSON (anything not JSON-native is written with ``str``)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_fingerprint(
+    settings: Mapping[str, Any],
+    strategy: Any,
+    model: torch.nn.Module,
+    preprocess: Preprocess,
+    datasets: Sequence[MedicalDataset],
+) -> str:
+    """:func:`config_hash` of everything that determines a training run.
+
+    That is the training ``settings``, the strategy (name and options), the model's initial weights (which
+    also identify its architecture), the preprocessing and the datasets (name, split, size, labels).
+    """
+    fields = dataclasses.fields(strategy) if dataclasses.is_dataclass(strategy) else ()
+
+    def data(ds: MedicalDataset) -> list:
+        labels = hashlib.sha256(np.ascontiguousarray(ds.labels).tobytes()).hexdigest()[:16]
+        return [getattr(ds, "name", type(ds).__name__), getattr(ds, "split", ""), len(ds), labels]
+
+    return config_hash({
+        "settings": dict(settings),
+        "strategy": [strategy.name, {f.name: getattr(strategy, f.name) for f in fields}],
+        "model": state_digest(model),
+        "preprocess": dataclasses.asdict(preprocess),
+        "data": [data(ds) for ds in datasets],
+    })  # fmt: skip
+
+
+def checkpoint_path(out_dir: str | os.PathLike | None, *, resume: bool) -> Path | None:
+    """``out_dir/checkpoint.pt`` (``None`` without ``out_dir``); refuses to overwrite one unless resuming."""
+    if out_dir is None:
+        if resume:
+            raise ConfigError("resume=True (--resume) needs the output folder (--out) of the run to resume")
+        return None
+    path = Path(out_dir).expanduser() / CHECKPOINT_NAME
+    if path.exists() and not resume:
+        raise ConfigError(
+            f"{str(path)!r} exists: a run was already started in {str(path.parent)!r}. Pass --resume to "
+            "continue it, use a new --out, or remove the checkpoint to start over."
+        )
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:

@@ -10,7 +10,7 @@ onwards at ``gamma`` times it, as ``MultiStepLR`` stepped once per epoch does in
 Example:
     >>> lr_at(60, total_steps=100, schedule="multistep", milestones_steps=(50, 75))
     0.1
-    >>> sched = make_scheduler(optimizer, schedule="cosine", total_steps=1000, warmup_steps=50)  # doctest: +SKIP
+    >>> sched = make_scheduler(opt, schedule="cosine", total_steps=1000, warmup_steps=50)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,0 +1,590 @@
+"""Train a classifier with a strategy: one readable loop, checkpointed every epoch, resumable bit for bit.
+
+:func:`fit` runs, per epoch: ``strategy.on_epoch_start`` → one pass over the shuffled training set (batches
+preprocessed and augmented on the device, bf16 autocast where native, optional class weights and gradient
+clipping, the LR scheduler stepped after every optimizer step) → one evaluation on the validation set
+(AUC and loss; never on train or test) → a history record → an atomic checkpoint → the early-stopping
+check. The weights with the best validation AUC (ties: lower validation loss) are restored at the end;
+the caller evaluates the test set once, with :func:`predict`.
+
+Reproducibility: every random draw of epoch ``e`` (batch order, augmentation, dropout and other model
+randomness, anything the strategy hook draws) comes from seeds derived from ``(cfg.seed, e)``, inside a
+fork of torch's RNG that is restored afterwards. So an epoch depends only on the state at its start, and
+a run killed after epoch ``k`` and resumed from its checkpoint continues exactly as if never stopped
+(bitwise on the CPU): the checkpoint needs no RNG state, and the global RNG is never changed.
+
+Example:
+    >>> cfg = TrainConfig(lr=1e-4, epochs=30, batch_size=64, augment="light", seed=0)
+    >>> res = fit(model, create_strategy("full"), train_ds, val_ds, cfg=cfg, preprocess=prep,
+    ...           out_dir="runs/ft")  # doctest: +SKIP
+    >>> scores = predict(res.model, test_ds, preprocess=prep, device="cuda")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from .._device import autocast_context, resolve_device, seeded
+from ..data.base import MedicalDataset
+from ..data.transforms import Preprocess, collate, make_loader
+from ..errors import ConfigError, DataError
+from ..strategies.base import Strategy
+from .augment import AUGMENT_PRESETS, Augment, make_augment
+from .checkpoint import checkpoint_path, cpu_state, load_checkpoint, run_fingerprint, save_checkpoint
+from .probe import loss_fn, to_scores
+from .schedule import SCHEDULES, make_scheduler, sync_scheduler
+
+__all__ = [
+    "OPTIMIZERS",
+    "TrainConfig",
+    "FitResult",
+    "fit",
+    "predict",
+    "evaluate",
+    "class_weights",
+    "make_criterion",
+    "build_optimizer",
+    "count_trainable",
+    "selection_key",
+    "should_stop",
+]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+MONITORS = ("val_auc", "val_loss")
+SELECT_ON = ("val_auc", "val_loss", "last")
+#: TrainConfig fields that do not change the result, so a run may be resumed with other values.
+_NOT_HASHED = ("device", "num_workers")
+#: Independent seed streams of one epoch.
+_MODEL_RNG, _SHUFFLE, _AUGMENT = 0, 1, 2
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass
+class TrainConfig:
+    """How to train (the strategy says what to train).
+
+    ``milestones`` are epochs for ``schedule="multistep"`` (default: 50% and 75% of ``epochs``, the
+    MedMNIST v2 protocol; other schedules ignore them); ``warmup_epochs`` of linear warm-up apply to every
+    schedule. ``early_stop`` stops after ``patience`` evaluations without improvement of that quantity;
+    ``select_on`` picks the weights returned (``val_auc``: ties broken by lower loss; ``last``: the final
+    epoch). ``class_weights`` weighs the loss by inverse class frequency in train (``pos_weight = neg / pos``
+    per label for multi-label). ``sgd`` uses momentum 0.9. ``eval_every`` evaluates every n epochs (and
+    the last). ``augment`` is a preset of :data:`~medadapt.training.augment.AUGMENT_PRESETS`. ``device``
+    and ``num_workers`` do not change the result, so a run may be resumed with other values.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    epochs: int = 30
+    batch_size: int = 64
+    schedule: str = "cosine"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    autocast: bool = True
+    grad_clip: float | None = None
+    class_weights: bool = False
+    early_stop: str | None = None
+    patience: int = 10
+    select_on: str = "val_auc"
+    augment: str = "none"
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        _choice(self.optimizer, OPTIMIZERS, "--optimizer")
+        _choice(self.schedule, SCHEDULES, "--schedule")
+        _choice(self.early_stop, (*MONITORS, None), "--early-stop")
+        _choice(self.select_on, SELECT_ON, "--select-on")
+        _choice(self.augment, tuple(AUGMENT_PRESETS), "--augment")
+        for name in ("epochs", "batch_size", "patience", "eval_every"):
+            _int(getattr(self, name), f"--{name.replace('_', '-')}", low=1)
+        _int(self.warmup_epochs, "--warmup-epochs", low=0)
+        _int(self.num_workers, "--num-workers", low=0)
+        _int(self.seed, "--seed", low=0)
+        _number(self.lr, "--lr", positive=True)
+        _number(self.weight_decay, "--weight-decay")
+        _number(self.gamma, "--gamma", positive=True)
+        if self.grad_clip is not None:
+            _number(self.grad_clip, "--grad-clip", positive=True)
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"--warmup-epochs {self.warmup_epochs} must be less than --epochs {self.epochs}"
+            )
+        if self.milestones is None:  # only multistep uses them
+            default = [self.epochs // 2, (3 * self.epochs) // 4] if self.schedule == "multistep" else []
+            self.milestones = [m for m in default if m >= 1]
+        ms = list(self.milestones)
+        if not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m <= self.epochs for m in ms):
+            raise ConfigError(f"--milestones must be epochs in [1, {self.epochs}], got {ms!r}")
+        self.milestones = sorted(ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(value: Any, valid: tuple, flag: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{flag} {value!r} is not valid; choose one of {list(valid)}")
+
+
+def _int(value: Any, flag: str, *, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+def _number(value: Any, flag: str, *, positive: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise ConfigError(
+            f"{flag} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ result
+@dataclass
+class FitResult:
+    """The trained model (selected weights loaded, eval mode, on the training device) and what training saw.
+
+    ``state`` is a CPU copy of the selected weights; ``history`` has one dict per epoch (``epoch``, ``lr``
+    per param group, ``trainable_params``, ``train_loss`` and, on evaluated epochs, ``val_auc`` and
+    ``val_loss``); ``cost`` has ``total_params``, ``trainable_params`` (the most during training, e.g.
+    after the last unfreezing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on a GPU, else
+    the process's peak resident memory: a process-wide high-water mark that includes anything the process
+    did before), ``wall_seconds`` and ``train_seconds`` (summed over resumed sessions),
+    ``train_images_per_second`` and ``epochs``.
+    """
+
+    model: nn.Module
+    state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_auc: float
+    best_val_loss: float
+    history: list[dict[str, Any]]
+    cost: dict[str, float]
+    stopped_early: bool = False
+    resumed_from: int = 0  # the epoch of the checkpoint resumed from (0: a fresh run)
+
+
+@dataclass
+class _Best:
+    """The selected epoch so far and a CPU copy of its weights."""
+
+    epoch: int = 0
+    val_auc: float = float("nan")
+    val_loss: float = float("nan")
+    state: dict[str, torch.Tensor] | None = None
+
+    def update(self, record: dict[str, Any], model: nn.Module, select_on: str) -> None:
+        if self.state is None or selection_key(record, select_on) > selection_key(vars(self), select_on):
+            self.epoch, self.val_auc, self.val_loss = record["epoch"], record["val_auc"], record["val_loss"]
+            self.state = cpu_state(model)
+
+
+@dataclass
+class _Run:
+    """Everything :func:`fit` carries from epoch to epoch (and through a checkpoint)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: _Best = field(default_factory=_Best)
+    clock: dict[str, float] = field(default_factory=lambda: {"wall": 0.0, "train": 0.0, "images": 0})
+    resumed_from: int = 0
+
+
+# ------------------------------------------------------------------------------------------------- fit
+def fit(
+    model: nn.Module,
+    strategy: Strategy,
+    train_ds: MedicalDataset,
+    val_ds: MedicalDataset,
+    *,
+    cfg: TrainConfig,
+    preprocess: Preprocess,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train ``model`` as ``strategy`` configures it; checkpoint to ``out_dir/checkpoint.pt`` every epoch.
+
+    ``resume=True`` continues from that checkpoint (which must come from the same configuration, model,
+    strategy, preprocessing and data; else :class:`~medadapt.errors.ConfigError`), or starts afresh if there
+    is none. ``progress(epoch, epochs, record)`` is called after each epoch's checkpoint.
+    """
+    device = resolve_device(cfg.device)
+    task = _check_data(train_ds, val_ds)
+    ckpt = checkpoint_path(out_dir, resume=resume)
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    run_hash = run_fingerprint(settings, strategy, model, preprocess, [train_ds, val_ds]) if ckpt else ""
+    saved = load_checkpoint(ckpt, config_hash=run_hash) if ckpt is not None and ckpt.exists() else None
+    if saved is not None:  # strategies that rebuild their groups in configure need their state first
+        strategy.load_state_dict(saved["strategy"])
+    with seeded(_seed(cfg.seed, 0, _MODEL_RNG), device):  # adapters drawn at configure (LoRA) are seeded too
+        groups = strategy.configure(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg, groups)
+    model.to(device)
+    train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg)
+    scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
+    weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
+    step = _Step(make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device)
+    run = _Run()
+    if saved is not None:
+        run = _restore(saved, model, optimizer, scheduler, strategy, cfg=cfg, device=device)
+    _reset_peak_memory(device)
+    start, wall0 = time.perf_counter(), run.clock["wall"]
+    for epoch in range(len(run.history) + 1, cfg.epochs + 1):
+        if should_stop(run.history, cfg.early_stop, cfg.patience):
+            break
+        order.manual_seed(_seed(cfg.seed, epoch, _SHUFFLE))
+        augment_rng = torch.Generator().manual_seed(_seed(cfg.seed, epoch, _AUGMENT))
+        t0 = time.perf_counter()
+        with seeded(_seed(cfg.seed, epoch, _MODEL_RNG), device):
+            record = _start_epoch(epoch, model, optimizer, scheduler, strategy, run.history)
+            record["train_loss"], n_images = step.epoch(
+                model, train_loader, optimizer, scheduler, augment_rng
+            )
+        run.clock["train"] += time.perf_counter() - t0
+        run.clock["images"] += n_images
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            kw = {"task": task, "preprocess": preprocess, "device": device, "autocast": cfg.autocast}
+            record.update(evaluate(model, val_loader, **kw))
+            run.best.update(record, model, cfg.select_on)
+        run.history.append(record)
+        run.clock["wall"] = wall0 + time.perf_counter() - start
+        log.info("epoch %d/%d: %s", epoch, cfg.epochs, record)
+        if ckpt is not None:
+            save_checkpoint(ckpt, _checkpoint(run, run_hash, model, optimizer, scheduler, strategy))
+        if progress is not None:
+            progress(epoch, cfg.epochs, record)
+    run.clock["wall"] = wall0 + time.perf_counter() - start
+    model.load_state_dict(run.best.state)
+    return FitResult(
+        model=model.eval(),
+        state=run.best.state,
+        best_epoch=run.best.epoch,
+        best_val_auc=run.best.val_auc,
+        best_val_loss=run.best.val_loss,
+        history=run.history,
+        cost=_cost(model, run, device),
+        stopped_early=len(run.history) < cfg.epochs,
+        resumed_from=run.resumed_from,
+    )
+
+
+def _start_epoch(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    strategy: Strategy,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Train mode, then the strategy hook (which may put frozen parts back in eval mode or add groups)."""
+    model.train()
+    strategy.on_epoch_start(epoch, model, optimizer, history)
+    sync_scheduler(scheduler)
+    lrs = {g.get("name", f"group{i}"): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+    return {"epoch": epoch, "lr": lrs, "trainable_params": count_trainable(model)}
+
+
+@dataclass
+class _Step:
+    """One optimisation step and one training epoch, with everything that stays fixed during a run."""
+
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    preprocess: Preprocess
+    augment: Augment
+    cfg: TrainConfig
+    device: torch.device
+
+    def epoch(self, model, loader, optimizer, scheduler, rng: torch.Generator) -> tuple[float, int]:
+        """Train one pass over ``loader``; returns the mean training loss and the number of images."""
+        total, n = torch.zeros((), device=self.device), 0
+        for batch in loader:
+            images = batch["image"].to(self.device, non_blocking=True)
+            labels = batch["label"].to(self.device, non_blocking=True)
+            loss = self(model, self.preprocess(self.augment(images, rng)), labels, optimizer)
+            scheduler.step()
+            total += loss * len(labels)
+            n += len(labels)
+        return float(total / max(n, 1)), n
+
+    def __call__(self, model, x, labels, optimizer) -> torch.Tensor:
+        with autocast_context(self.device, self.cfg.autocast):
+            logits = model(x)
+        loss = self.criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        optimizer.step()
+        return loss.detach()
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def _outputs(
+    model: nn.Module, loader, preprocess: Preprocess, device: torch.device, autocast: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits ``[N, C]`` and labels of the whole ``loader`` (in order), on the CPU."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        x = preprocess(batch["image"].to(device, non_blocking=True))
+        with autocast_context(device, autocast):
+            logits.append(model(x).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(
+    model: nn.Module, loader, *, task: str, preprocess: Preprocess, device: torch.device, autocast: bool
+) -> dict[str, float]:
+    """``{"val_auc", "val_loss"}`` of ``model`` on ``loader`` (unweighted loss, MedMNIST AUC)."""
+    from ..evaluation.metrics import auc  # pure function; imported lazily (evaluation is a later stage)
+
+    logits, labels = _outputs(model, loader, preprocess, device, autocast)
+    loss = float(loss_fn(task)(logits, labels))
+    return {"val_auc": float(auc(task, labels.numpy(), to_scores(task, logits).numpy())), "val_loss": loss}
+
+
+def predict(
+    model: nn.Module,
+    ds: MedicalDataset,
+    *,
+    preprocess: Preprocess,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    autocast: bool = True,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Scores ``[N, C]`` (probabilities, row-aligned with ``ds``) of ``model`` on ``ds``.
+
+    Example:
+        >>> scores = predict(res.model, test_ds, preprocess=prep, device="cuda")  # doctest: +SKIP
+    """
+    device = resolve_device(str(device))
+    loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers)
+    logits, _ = _outputs(model.to(device), loader, preprocess, device, autocast)
+    return to_scores(ds.task, logits).numpy()
+
+
+def selection_key(record: dict[str, Any], select_on: str) -> tuple[float, ...]:
+    """Higher is better: AUC then lower loss (``val_auc``), lower loss (``val_loss``) or later (``last``)."""
+    auc, loss = record["val_auc"], record["val_loss"]
+    neg_loss = -loss if math.isfinite(loss) else -math.inf
+    if select_on == "val_auc":
+        return (auc if math.isfinite(auc) else -math.inf, neg_loss)
+    return (neg_loss,) if select_on == "val_loss" else (record["epoch"],)
+
+
+def should_stop(history: list[dict[str, Any]], monitor: str | None, patience: int) -> bool:
+    """True once ``patience`` evaluations in a row have not improved ``monitor`` on the best before them."""
+    if monitor is None:
+        return False
+    sign = 1.0 if monitor == "val_auc" else -1.0
+    values = [sign * r[monitor] for r in history if monitor in r]
+    values = [v if math.isfinite(v) else -math.inf for v in values]
+    if not values:
+        return False
+    best = int(np.argmax(values))  # the first best: later ties do not count as improvement
+    return len(values) - 1 - best >= patience
+
+
+# ------------------------------------------------------------------------------ optimizer, loss, data
+def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer over the strategy's param groups (``sgd`` with momentum 0.9)."""
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise ConfigError(
+            "the strategy's param groups hold no trainable parameter: there is nothing to train"
+        )
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, **kwargs)
+    return (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW)(groups, **kwargs)
+
+
+def class_weights(task: str, labels: np.ndarray, num_outputs: int) -> torch.Tensor:
+    """Inverse-frequency weights from train labels: ``n / (C * n_c)`` per class, or ``neg / pos`` per label.
+
+    Classes (labels) without examples get the weight of one example. Unknown (NaN) labels are ignored.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    if task == "multilabel":
+        pos, known = np.nansum(y == 1, axis=0), (~np.isnan(y)).sum(axis=0)
+        return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32)
+    counts = np.bincount(y[:, 0].astype(np.int64), minlength=num_outputs)
+    return torch.tensor(len(y) / (num_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def make_criterion(
+    task: str, weights: torch.Tensor | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:func:`~medadapt.training.probe.loss_fn`, optionally class-weighted (multi-label: ``pos_weight``)."""
+    if weights is None:
+        return loss_fn(task)
+    if task == "multilabel":
+
+        def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            y = labels.float()
+            known = ~torch.isnan(y)
+            pos_weight = weights.to(logits.device)
+            loss = F.binary_cross_entropy_with_logits(
+                logits, y.nan_to_num(0.0), pos_weight=pos_weight, reduction="none"
+            )
+            return (loss * known).sum() / known.sum().clamp_min(1)
+
+        return weighted_bce
+    loss_fn(task)  # validates the task
+    return lambda logits, labels: F.cross_entropy(
+        logits, labels[:, 0].long(), weight=weights.to(logits.device)
+    )
+
+
+def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig):
+    """Train batches in a shuffled order, its generator, and val batches in order.
+
+    The order comes from a generator of its own (reseeded every epoch), so it does not depend on how the
+    ``DataLoader`` draws worker seeds: the same with or without (persistent) workers. A last train batch
+    of one image is dropped (batch norm cannot train on it).
+    """
+    n, order = len(train_ds), torch.Generator()
+    train = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        sampler=RandomSampler(train_ds, generator=order),
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+        drop_last=n > 1 and n % cfg.batch_size == 1,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),  # worker seeds only
+    )
+    return train, order, make_loader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_epoch: int):
+    """The per-step LR schedule of ``cfg`` (epochs converted to optimizer steps)."""
+    return make_scheduler(
+        optimizer,
+        schedule=cfg.schedule,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=cfg.warmup_epochs * steps_per_epoch,
+        milestones_steps=[m * steps_per_epoch for m in cfg.milestones],
+        gamma=cfg.gamma,
+    )
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _check_data(train_ds: MedicalDataset, val_ds: MedicalDataset) -> str:
+    if train_ds.task != val_ds.task or train_ds.num_outputs != val_ds.num_outputs:
+        raise DataError(
+            f"train ({train_ds.task}, {train_ds.num_outputs} outputs) and val ({val_ds.task}, "
+            f"{val_ds.num_outputs} outputs) are not the same task"
+        )
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise DataError(f"train and val must not be empty (got {len(train_ds)} and {len(val_ds)} images)")
+    return train_ds.task
+
+
+def _seed(seed: int, epoch: int, stream: int) -> int:
+    """Independent seed of one random stream of one epoch: a pure function of (seed, epoch, stream)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _checkpoint(run: _Run, run_hash: str, model, optimizer, scheduler, strategy) -> dict[str, Any]:
+    """Everything needed to continue after the last epoch of ``run.history``: weights_only-loadable values."""
+    epoch = run.history[-1]["epoch"]
+    best = {"epoch": run.best.epoch, "val_auc": run.best.val_auc, "val_loss": run.best.val_loss}
+    return {
+        "config_hash": run_hash,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "strategy": strategy.state_dict(),
+        "history": run.history,
+        # the best weights are stored only when they are not this epoch's (then they are "model")
+        "best": {**best, "state": None if run.best.epoch == epoch else run.best.state},
+        "clock": dict(run.clock),
+    }
+
+
+def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cfg, device) -> _Run:
+    """Load a checkpoint into the run's objects; hooks of finished epochs are replayed first.
+
+    Replaying ``on_epoch_start`` (with the history each call saw) rebuilds what the hooks changed that a
+    state dict does not hold, such as parameters unfrozen into new optimizer groups, so the optimizer's
+    saved state then fits. (A strategy may instead rebuild those groups in ``configure`` from its loaded
+    state; its replayed hooks then have nothing left to add.) The strategy's state is loaded again after
+    the replay, so what the replayed hooks changed in it does not count.
+    """
+    history = state["history"]
+    for epoch in range(1, state["epoch"] + 1):
+        with seeded(_seed(cfg.seed, epoch, _MODEL_RNG), device):
+            _start_epoch(epoch, model, optimizer, scheduler, strategy, history[: epoch - 1])
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    strategy.load_state_dict(state["strategy"])
+    best = state["best"]
+    best_state = best.pop("state") or {k: v.clone() for k, v in state["model"].items()}
+    log.info("resumed at epoch %d", state["epoch"])
+    return _Run(history, _Best(**best, state=best_state), state["clock"], resumed_from=state["epoch"])
+
+
+# ------------------------------------------------------------------------------------------------- cost
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> float:
+    """Peak allocated GPU memory of this session, else the process's peak RSS in bytes (nan if unknown)."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+
+
+def _cost(model: nn.Module, run: _Run, device: torch.device) -> dict[str, float]:
+    clock = run.clock
+    trainable = max((r["trainable_params"] for r in run.history), default=count_trainable(model))
+    return {
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": trainable,
+        "peak_memory_bytes": _peak_memory(device),
+        "wall_seconds": clock["wall"],
+        "train_seconds": clock["train"],
+        "train_images_per_second": clock["images"] / clock["train"] if clock["train"] > 0 else float("nan"),
+        "epochs": len(run.history),
+    }
