@@ -180,4 +180,14 @@ def test_catalogue_aliases_resolve_and_list():
         "convnext",
     } <= families
     for e in list_backbones("timm:*"):
-        assert timm.is_model(e["address"].split(":", 1)[1].split(".")[0]), e
+        assert timm.is_model(e["address"].split(":", 1)[1].split("?")[0].split(".")[0]), e
+
+
+def test_cifar_stem_keeps_28px_resolution_for_medmnist_v2_resnets():
+    bb = create_backbone("resnet18_28", pretrained=False, img_size=28, data_chans=1, channel_mode="repeat")
+    f = bb.forward_features(torch.rand(2, 3, 28, 28))
+    assert bb.model.conv1.kernel_size == (3, 3) and bb.model.conv1.stride == (1, 1)
+    assert isinstance(bb.model.maxpool, torch.nn.Identity)
+    assert f.grid == (4, 4)  # 28 -> 28 (stem) -> 4 after the three stride-2 stages
+    with pytest.raises(ConfigError, match="stem=cifar applies to timm ResNets"):
+        create_backbone(f"{TINY['dinov2']}&stem=cifar", pretrained=False, img_size=28)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ._device import resolve_device, seeded
 from .backbones import create_backbone
-from .config import ProbeConfig
+from .config import FinetuneConfig, ProbeConfig, RunConfig
 from .data import SPLITS, MedicalDataset, load_dataset
 from .data.transforms import Preprocess
 from .evaluation.metrics import compute_metrics
@@ -35,12 +35,12 @@ from .reporting.results import (
 )
 from .training.probe import train_probe
 
-__all__ = ["probe", "load_splits"]
+__all__ = ["probe", "finetune", "load_splits"]
 
 log = logging.getLogger(__name__)
 
 
-def load_splits(cfg: ProbeConfig) -> dict[str, MedicalDataset]:
+def load_splits(cfg: RunConfig) -> dict[str, MedicalDataset]:
     """The train / val / test splits of ``cfg.dataset``."""
     opts: dict[str, Any] = {"root": cfg.data_root, "skip_bad": cfg.skip_bad_rows}
     if cfg.size is not None:
@@ -62,8 +62,7 @@ def probe(
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
     img_size = _image_size(cfg, splits["train"])
-    write_yaml({**cfg.to_dict(), "img_size": img_size}, out / "config.yaml")
-    write_json(environment_info(seed=cfg.seeds, device=str(device)), out / "env.json")
+    _write_run_files(cfg, out, img_size, device)
     frames = []
     for seed in cfg.seeds:
         rows = _probe_one_seed(cfg, splits, seed=seed, img_size=img_size, device=device, out=out,
@@ -73,7 +72,12 @@ def probe(
     return pd.concat(frames, ignore_index=True)
 
 
-def _image_size(cfg: ProbeConfig, train: MedicalDataset) -> int:
+def _write_run_files(cfg: RunConfig, out: Path, img_size: int, device: torch.device) -> None:
+    write_yaml({**cfg.to_dict(), "img_size": img_size}, out / "config.yaml")
+    write_json(environment_info(seed=cfg.seeds, device=str(device)), out / "env.json")
+
+
+def _image_size(cfg: RunConfig, train: MedicalDataset) -> int:
     if cfg.img_size is not None:
         return cfg.img_size
     if cfg.size is not None:
@@ -101,14 +105,7 @@ def _probe_one_seed(
             data_chans=train.n_channels,
             channel_mode=cfg.channel_mode,
         )
-    preprocess = Preprocess(
-        size=(img_size, img_size),
-        mode=cfg.resize_mode,
-        interpolation=cfg.interpolation,
-        mean=backbone.spec.mean,
-        std=backbone.spec.std,
-        repeat_channels=backbone.spec.channel_mode == "repeat",
-    )
+    preprocess = _preprocess(cfg, backbone, img_size)
     t0 = time.perf_counter()
     feats = {s: _extract(cfg, backbone, ds, preprocess, device, show_progress) for s, ds in splits.items()}
     t_extract = time.perf_counter() - t0
@@ -128,7 +125,7 @@ def _probe_one_seed(
         device=device,
         autocast=cfg.autocast,
         head_kwargs=cfg.head_kwargs,
-        progress=_epoch_bar(cfg, seed) if show_progress else None,
+        progress=_epoch_bar(cfg.epochs, f"{cfg.head} probe (seed {seed})") if show_progress else None,
     )
     t_train = time.perf_counter() - t0
     ids = dict(
@@ -161,6 +158,18 @@ def _probe_one_seed(
     return rows + results_rows(metrics=cost, split="cost", **ids)
 
 
+def _preprocess(cfg: RunConfig, backbone, img_size: int) -> Preprocess:
+    """Preprocessing derived from the backbone's spec, never restated by hand."""
+    return Preprocess(
+        size=(img_size, img_size),
+        mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+        mean=backbone.spec.mean,
+        std=backbone.spec.std,
+        repeat_channels=backbone.spec.channel_mode == "repeat",
+    )
+
+
 def _extract(cfg, backbone, dataset, preprocess, device, show_progress) -> FeatureSet:
     bar = tqdm(total=len(dataset), desc=f"features {dataset.split}", unit="img", disable=not show_progress)
 
@@ -184,8 +193,8 @@ def _extract(cfg, backbone, dataset, preprocess, device, show_progress) -> Featu
         bar.close()
 
 
-def _epoch_bar(cfg: ProbeConfig, seed: int):
-    bar = tqdm(total=cfg.epochs, desc=f"{cfg.head} probe (seed {seed})", unit="epoch")
+def _epoch_bar(epochs: int, desc: str):
+    bar = tqdm(total=epochs, desc=desc, unit="epoch")
 
     def progress(epoch: int, epochs: int, record: dict) -> None:
         bar.update(epoch - bar.n)
@@ -193,3 +202,116 @@ def _epoch_bar(cfg: ProbeConfig, seed: int):
             bar.close()
 
     return progress
+
+
+def finetune(
+    config: FinetuneConfig | None = None, /, *, show_progress: bool = False, **kwargs: Any
+) -> pd.DataFrame:
+    """Train backbone + head under one or more strategies ("arms") side by side; report val/test metrics + cost.
+
+    Each (arm, seed) trains in ``out/ARM/seedS/`` (``checkpoint.pt`` every epoch, so ``resume=True``
+    continues a killed run; ``predictions/{val,test}.npz``); ``out/results.csv`` collects the tidy rows of
+    every arm, written after each run so finished runs survive a later failure.
+    """
+    cfg = replace(config, **kwargs) if config is not None else FinetuneConfig(**kwargs)
+    out = Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    splits = load_splits(cfg)
+    img_size = _image_size(cfg, splits["train"])
+    _write_run_files(cfg, out, img_size, device)
+    frames = []
+    for name, arm in _arms(cfg):
+        for seed in cfg.seeds:
+            run_dir = out / name / f"seed{seed}"
+            rows = _finetune_one(arm, splits, name=name, seed=seed, img_size=img_size, device=device,
+                                 run_dir=run_dir, show_progress=show_progress)  # fmt: skip
+            write_results(rows, out / "results.csv")
+            frames.append(pd.DataFrame(rows))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _arms(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
+    """``(name, config)`` per arm; without ``arms`` the run itself is the one arm."""
+    if not cfg.arms:
+        return [(f"{cfg.strategy}-{cfg.head}", cfg)]
+    arms = []
+    for arm in cfg.arms:
+        overrides = {k: v for k, v in arm.items() if k != "name"}
+        overrides["train"] = {**cfg.train, **overrides.get("train", {})}
+        arms.append((str(arm["name"]), replace(cfg, **overrides, arms=[])))
+    return arms
+
+
+def _finetune_one(
+    cfg: FinetuneConfig,
+    splits: dict[str, MedicalDataset],
+    *,
+    name: str,
+    seed: int,
+    img_size: int,
+    device: torch.device,
+    run_dir: Path,
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    from .training.loop import TrainConfig, predict, selection_key
+
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    lrs = cfg.lrs or [cfg.train.get("lr", TrainConfig.lr)]
+    fits = []
+    for lr in lrs:
+        where = run_dir / f"lr{lr:g}" if len(cfg.lrs) > 1 else run_dir
+        fits.append(_fit_one(cfg, splits, lr=lr, seed=seed, img_size=img_size, device=device, run_dir=where,
+                             desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None))  # fmt: skip
+    result, backbone, preprocess, tcfg = max(
+        fits,
+        key=lambda f: selection_key(
+            {"val_auc": f[0].best_val_auc, "val_loss": f[0].best_val_loss}, "val_auc"
+        ),
+    )
+    ids = dict(
+        run=name,
+        dataset=cfg.dataset,
+        backbone=cfg.backbone,
+        strategy=cfg.strategy,
+        head=cfg.head,
+        seed=seed,
+        fold=None,
+        pretrained=backbone.spec.pretrained or "random-init",
+        img_size=img_size,
+        selected=f"lr={tcfg.lr:g};epoch={result.best_epoch}",
+    )
+    rows: list[dict[str, Any]] = []
+    for split, ds in (("val", val), ("test", test)):
+        scores = predict(result.model, ds, preprocess=preprocess, batch_size=cfg.batch_size_eval, device=device,
+                         autocast=tcfg.autocast, num_workers=cfg.num_workers)  # fmt: skip
+        save_predictions(run_dir, split, labels=ds.labels, scores=scores)
+        rows += results_rows(metrics=compute_metrics(train.task, ds.labels, scores), split=split, **ids)
+    return rows + results_rows(metrics=result.cost, split="cost", **ids)
+
+
+def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int, device: torch.device,
+             run_dir: Path, desc: str | None):  # fmt: skip
+    """Build the classifier for ``seed`` and train it at ``lr``; returns (FitResult, backbone, preprocess, TrainConfig)."""
+    from .strategies import build_classifier, create_strategy
+    from .training.loop import TrainConfig, fit
+
+    train = splits["train"]
+    strategy = create_strategy(cfg.strategy, **cfg.strategy_options)
+    with seeded(seed):  # the backbone's random init (scratch) and the head's init
+        backbone = create_backbone(
+            cfg.backbone,
+            pretrained=cfg.pretrained and strategy.pretrained,
+            weights=cfg.weights if strategy.pretrained else None,
+            img_size=img_size,
+            data_chans=train.n_channels,
+            channel_mode=cfg.channel_mode,
+        )
+        model = build_classifier(backbone, cfg.head, train.num_outputs, **cfg.head_kwargs)
+    preprocess = _preprocess(cfg, backbone, img_size)
+    settings = {**cfg.train, "lr": lr, "seed": seed, "device": str(device), "num_workers": cfg.num_workers}
+    tcfg = TrainConfig(**{"autocast": cfg.autocast, **settings})
+    bar = _epoch_bar(tcfg.epochs, desc) if desc else None
+    result = fit(model, strategy, train, splits["val"], cfg=tcfg, preprocess=preprocess, out_dir=run_dir,
+                 resume=cfg.resume, progress=bar)  # fmt: skip
+    return result, backbone, preprocess, tcfg

@@ -6,29 +6,27 @@ Every user error becomes one line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from .errors import MedadaptError
+from .errors import ConfigError, MedadaptError
 
 __all__ = ["main"]
 
 log = logging.getLogger("medadapt")
 
 
-def _add_probe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "probe",
-        help="frozen backbone + linear / attention / kNN probe",
-        description="Extract frozen features once (cached), train a grid of probes, report val/test metrics.",
-    )
+def _add_run_flags(p: argparse.ArgumentParser, *, heads: list[str]) -> None:
+    """Flags every run shares (data, backbone, input, seeds, device, output)."""
     p.add_argument("--config", help="YAML file of settings (flags override it)")
     p.add_argument("--dataset", help="dataset address, e.g. medmnist:breastmnist or csv:/data/labels.csv")
     p.add_argument(
         "--backbone", help="backbone address or catalogue name, e.g. timm:vit_small_patch14_dinov2.lvd142m"
     )
-    p.add_argument("--head", choices=["linear", "attention", "knn"])
+    p.add_argument("--head", choices=heads)
     p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
     p.add_argument("--resize-mode", help="resize (interpolate) or pad (zero-pad, MedMNIST+)")
@@ -40,31 +38,143 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None,
                    help="random initialisation (recorded in the results)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-autocast", dest="autocast", action="store_const", const=False, default=None,
+                   help="run in fp32 instead of bf16 autocast")  # fmt: skip
+    p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--skip-bad-rows", action="store_const", const=True, default=None,
+                   help="drop unreadable / unlabelled rows of a CSV dataset and report how many")  # fmt: skip
+    p.add_argument("--out", help="output directory")
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="frozen backbone + linear / attention / kNN probe",
+        description="Extract frozen features once (cached), train a grid of probes, report val/test metrics.",
+    )
+    _add_run_flags(p, heads=["linear", "attention", "knn"])
     p.add_argument("--lrs", type=float, nargs="+", help="LR grid trained in one pass (default 1e-3 ... 1e-5)")
     p.add_argument("--ks", type=int, nargs="+", help="k grid for the kNN head")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--extract-batch-size", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-autocast", dest="autocast", action="store_const", const=False, default=None,
-                   help="run in fp32 instead of bf16 autocast")  # fmt: skip
-    p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
     p.add_argument(
         "--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)"
     )
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--skip-bad-rows", action="store_const", const=True, default=None,
-                   help="drop unreadable / unlabelled rows of a CSV dataset and report how many")  # fmt: skip
-    p.add_argument("--out", help="output directory (default runs/probe)")
     p.set_defaults(func=_run_probe)
+
+
+_TRAIN_FLAGS = {
+    "optimizer": dict(help="adamw, adam or sgd"),
+    "lr": dict(type=float, help="learning rate (strategies derive theirs from it)"),
+    "weight_decay": dict(type=float),
+    "epochs": dict(type=int),
+    "batch_size": dict(type=int),
+    "schedule": dict(help="cosine, multistep or constant"),
+    "milestones": dict(
+        type=int, nargs="+", help="multistep: epochs after which the LR is multiplied by --gamma"
+    ),
+    "gamma": dict(type=float),
+    "warmup_epochs": dict(type=int),
+    "grad_clip": dict(type=float, help="clip the gradient norm"),
+    "class_weights": dict(
+        action="store_const", const=True, default=None, help="inverse-frequency loss weights"
+    ),
+    "early_stop": dict(help="val_auc or val_loss"),
+    "patience": dict(type=int),
+    "select_on": dict(help="val_auc (default) or last"),
+    "augment": dict(help="none, light or natural"),
+    "eval_every": dict(type=int),
+}
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="train backbone + head under one or more strategies side by side",
+        description="Fine-tune with a strategy (full, differential, llrd, unfreeze, lora, ...) or a protocol "
+        "preset; every epoch is checkpointed, --resume continues a killed run.",
+    )
+    _add_run_flags(p, heads=["linear", "attention"])
+    p.add_argument(
+        "--preset", help="protocol preset (medadapt list presets), applied before --config and flags"
+    )
+    p.add_argument("--strategy", help="medadapt list strategies")
+    p.add_argument("--option", dest="strategy_options", action="append", metavar="KEY=VALUE",
+                   help="a strategy option, e.g. --option r=8 --option encoder_lr=1e-7 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--lrs", type=float, nargs="+", help="search these LRs, keeping the best on validation AUC"
+    )
+    p.add_argument("--resume", action="store_const", const=True, default=None,
+                   help="continue from the checkpoints in --out")  # fmt: skip
+    for name, kwargs in _TRAIN_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"train.{name}", **kwargs)
+    p.set_defaults(func=_run_finetune)
+
+
+def _flags(args: argparse.Namespace, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    skip = {"func", "config", "command", "verbose", "preset", *drop}
+    flags = {k: v for k, v in vars(args).items() if k not in skip and not k.startswith("train.")}
+    train = {
+        k.removeprefix("train."): v for k, v in vars(args).items() if k.startswith("train.") and v is not None
+    }
+    if train:
+        flags["train"] = train
+    return flags
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from .api import finetune
+    from .config import FinetuneConfig, load_preset, load_yaml, merge_config
+
+    flags = _flags(args)
+    if flags.get("strategy_options"):
+        flags["strategy_options"] = _key_values(flags["strategy_options"])
+    layers = [load_preset(args.preset)] if args.preset else []
+    layers += [load_yaml(args.config)] if args.config else []
+    cfg = merge_config(FinetuneConfig, *layers, flags)
+    table = finetune(cfg, show_progress=True)
+    print(side_by_side(table))
+    print(f"results: {cfg.out}/results.csv")
+    return 0
+
+
+def _key_values(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r} is not KEY=VALUE (e.g. --option r=8)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def side_by_side(table) -> str:
+    """Test AUC / ACC as mean ± std over seeds per arm, with the cost columns."""
+    test = table[(table["split"] == "test") & table["metric"].isin(["auc", "acc"])]
+    stats = test.groupby(["run", "metric"])["value"].agg(["mean", "std"]).fillna(0.0)
+    cells = stats.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}", axis=1).unstack("metric")
+    cost = table[table["split"] == "cost"].pivot_table(
+        index="run", columns="metric", values="value", aggfunc="mean"
+    )
+    keep = [
+        c
+        for c in ("trainable_params", "peak_memory_bytes", "wall_seconds", "train_images_per_second")
+        if c in cost
+    ]
+    return cells.join(cost[keep].round(1)).to_string()
 
 
 def _run_probe(args: argparse.Namespace) -> int:
     from .api import probe
     from .config import ProbeConfig, load_yaml, merge_config
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command", "verbose")}
+    flags = _flags(args)
     layers = [load_yaml(args.config)] if args.config else []
     cfg = merge_config(ProbeConfig, *layers, flags)
     table = probe(cfg, show_progress=True)
@@ -76,23 +186,38 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list registered backbones, datasets, heads or metrics")
-    p.add_argument("what", choices=["backbones", "datasets", "heads", "metrics"])
+    p.add_argument("what", choices=["backbones", "datasets", "heads", "metrics", "strategies", "presets"])
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*dinov2*'")
     p.set_defaults(func=_run_list)
+
+
+def _registry_lister(module: str, name: str) -> Callable[[str], list[str]]:
+    def list_names(pattern: str) -> list[str]:
+        return getattr(importlib.import_module(module), name).list(pattern)
+
+    return list_names
 
 
 def _run_list(args: argparse.Namespace) -> int:
     lister: dict[str, Callable[[str], list[str]]] = {
         "backbones": _list_backbones,
         "datasets": _list_datasets,
-        "heads": lambda pat: __import__("medadapt.heads", fromlist=["HEADS"]).HEADS.list(pat),
-        "metrics": lambda pat: __import__("medadapt.evaluation.metrics", fromlist=["METRICS"]).METRICS.list(
-            pat
-        ),
+        "heads": _registry_lister("medadapt.heads", "HEADS"),
+        "metrics": _registry_lister("medadapt.evaluation.metrics", "METRICS"),
+        "strategies": _registry_lister("medadapt.strategies", "STRATEGIES"),
+        "presets": _list_presets,
     }
     lines = lister[args.what](args.pattern)
     print("\n".join(lines) if lines else f"no {args.what} match {args.pattern!r}")
     return 0
+
+
+def _list_presets(pattern: str) -> list[str]:
+    import fnmatch
+
+    from .config import preset_names
+
+    return [n for n in preset_names() if fnmatch.fnmatchcase(n, pattern)]
 
 
 def _list_backbones(pattern: str) -> list[str]:
@@ -125,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_list(sub)
     _add_probe(sub)
+    _add_finetune(sub)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,15 @@ import yaml
 from .backbones.base import CHANNEL_MODES
 from .errors import ConfigError
 
-__all__ = ["ProbeConfig", "load_yaml", "merge_config"]
+__all__ = [
+    "RunConfig",
+    "ProbeConfig",
+    "FinetuneConfig",
+    "load_yaml",
+    "merge_config",
+    "load_preset",
+    "preset_names",
+]
 
 HEAD_NAMES = ("linear", "attention", "knn")
 RESIZE_MODES = ("resize", "pad")
@@ -32,8 +41,8 @@ def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
 
 
 @dataclass
-class ProbeConfig:
-    """A frozen-probe run: one dataset, one backbone, one head, one or more seeds.
+class RunConfig:
+    """What every run shares: the data, the backbone, how images reach it, seeds and where results go.
 
     ``size`` picks the dataset's stored resolution (MedMNIST 28/64/128/224); ``img_size`` is what the
     backbone sees (default: ``size``), reached by ``resize_mode`` ``resize`` (interpolation) or ``pad``
@@ -42,7 +51,7 @@ class ProbeConfig:
 
     dataset: str
     backbone: str
-    out: str = "runs/probe"
+    out: str = "runs/run"
     head: str = "linear"
     size: int | None = None
     img_size: int | None = None
@@ -52,35 +61,21 @@ class ProbeConfig:
     pretrained: bool = True
     weights: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
-    epochs: int = 30
-    batch_size: int = 256
-    weight_decay: float = 1e-4
-    extract_batch_size: int = 64
     device: str = "auto"
     autocast: bool = True
     data_root: str | None = None
-    cache_dir: str | None = None
     num_workers: int = 0
     skip_bad_rows: bool = False
     head_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _choice(self.head, HEAD_NAMES, "--head")
         _choice(self.resize_mode, RESIZE_MODES, "--resize-mode")
         _choice(self.interpolation, INTERPOLATIONS, "--interpolation")
         _choice(self.channel_mode, CHANNEL_MODES, "--channel-mode")
         _positive(self.size, "--size", allow_none=True)
         _positive(self.img_size, "--img-size", allow_none=True)
-        for name in ("epochs", "batch_size", "extract_batch_size"):
-            _positive(getattr(self, name), f"--{name.replace('_', '-')}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(f"--seeds must be one or more integers, got {self.seeds!r}")
-        if not self.lrs or not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
-            raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
-        if not self.ks or not all(isinstance(k, int) and k > 0 for k in self.ks):
-            raise ConfigError(f"--ks must be positive integers, got {self.ks!r}")
         if self.weights is not None and not Path(self.weights).expanduser().exists():
             raise ConfigError(
                 f"--weights {self.weights!r} does not exist; give the path of a local weights file"
@@ -88,6 +83,68 @@ class ProbeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class ProbeConfig(RunConfig):
+    """A frozen-probe run: cached features, a grid of linear / attention / kNN heads."""
+
+    out: str = "runs/probe"
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    epochs: int = 30
+    batch_size: int = 256
+    weight_decay: float = 1e-4
+    extract_batch_size: int = 64
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.head, HEAD_NAMES, "--head")
+        for name in ("epochs", "batch_size", "extract_batch_size"):
+            _positive(getattr(self, name), f"--{name.replace('_', '-')}")
+        if not self.lrs or not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
+            raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
+        if not self.ks or not all(isinstance(k, int) and k > 0 for k in self.ks):
+            raise ConfigError(f"--ks must be positive integers, got {self.ks!r}")
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """A fine-tuning run: a strategy (what trains, at which LRs) and a training recipe (``train``).
+
+    ``train`` holds :class:`~medadapt.training.loop.TrainConfig` fields (optimizer, lr, epochs, schedule,
+    ...); ``strategy_options`` the strategy's own (e.g. LoRA ``r``). ``arms`` runs several variants side by
+    side, each a mapping of overrides with a ``name`` (presets use it).
+    """
+
+    out: str = "runs/finetune"
+    strategy: str = "full"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    arms: list[dict[str, Any]] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    resume: bool = False
+    batch_size_eval: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.head, ("linear", "attention"), "--head")
+        from .strategies import STRATEGIES
+        from .training.loop import TrainConfig
+
+        _choice(self.strategy, tuple(STRATEGIES), "--strategy")
+        unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise ConfigError(
+                f"unknown training setting(s) {unknown}; valid: {sorted(f.name for f in fields(TrainConfig))}"
+            )
+        TrainConfig(**self.train)  # validate now, before any work
+        if not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
+            raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
+        for arm in self.arms:
+            if not isinstance(arm, dict) or "name" not in arm:
+                raise ConfigError(f"every entry of arms needs a name, got {arm!r}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -114,7 +171,10 @@ def merge_config(cls: type, *layers: dict[str, Any]):
         unknown = sorted(set(layer) - valid)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
-        merged.update({k: v for k, v in layer.items() if v is not None})
+        for k, v in layer.items():
+            if v is None:
+                continue
+            merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
     missing = [
         f.name
         for f in fields(cls)
@@ -127,3 +187,21 @@ def merge_config(cls: type, *layers: dict[str, Any]):
             f"missing required setting(s): {', '.join('--' + m.replace('_', '-') for m in missing)}"
         )
     return cls(**merged)
+
+
+def preset_names() -> list[str]:
+    """The protocol presets shipped in ``medadapt/configs/*.yaml``."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("medadapt").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))  # fmt: skip
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A protocol preset by name (see :func:`preset_names`), as a config layer."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}; valid: {names}")
+    text = resources.files("medadapt").joinpath(f"configs/{name}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    data.pop("description", None)
+    data.pop("reference", None)
+    return {k.replace("-", "_"): v for k, v in data.items()}

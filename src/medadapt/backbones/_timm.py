@@ -66,6 +66,16 @@ def _create_model(name: str, *, pretrained: bool, overlay: dict, img_size: tuple
         return timm.create_model(name, **base)  # CNNs take any size without being told
 
 
+def _cifar_stem(model: nn.Module, name: str) -> None:
+    """The 28-px stem of the MedMNIST v2 ResNets (CIFAR style): 3x3 stride-1 conv1 and no max-pool."""
+    if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+        raise ConfigError(f"stem=cifar applies to timm ResNets, not to timm:{name}")
+    old = model.conv1
+    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    log.info("timm:%s: CIFAR-style stem (3x3 stride-1 conv1, no max-pool)", name)
+
+
 def _check_name(name: str) -> None:
     import timm
 
@@ -87,6 +97,14 @@ def create(
     channel_mode: str,
 ) -> TimmBackbone:
     _check_name(address.name)
+    kwargs = dict(address.kwargs)
+    stem = kwargs.pop("stem", None)
+    if stem not in (None, "cifar"):
+        raise ConfigError(f"stem={stem!r} is not valid; the only stem option is stem=cifar (28-px ResNets)")
+    if stem and (pretrained or weights):
+        raise ConfigError(
+            "stem=cifar replaces the pretrained stem; use it with --no-pretrained (strategy scratch)"
+        )
     overlay: dict[str, Any] = {}
     if weights is not None:
         overlay["state_dict"] = load_state_dict_file(weights)
@@ -96,7 +114,7 @@ def create(
             pretrained=pretrained or weights is not None,
             overlay=overlay,
             img_size=img_size,
-            kwargs=address.kwargs,
+            kwargs=kwargs,
         )
     except (RuntimeError, OSError, ValueError) as e:
         if weights is not None:
@@ -104,6 +122,8 @@ def create(
         if not pretrained:
             raise
         raise WeightsError(_offline_message(address) + f" ({type(e).__name__}: {e})") from e
+    if stem:
+        _cifar_stem(model, address.name)
     cfg = model.pretrained_cfg
     in_chans, mean, std, mode = adapt_channels(
         model, data_chans=data_chans, channel_mode=channel_mode, mean=cfg["mean"], std=cfg["std"]

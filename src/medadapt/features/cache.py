@@ -2,13 +2,16 @@
 
 Layout of one cache entry ``CACHE/<key>/``: ``embeddings.npy`` ``[N, D]`` float32, ``tokens.npy`` ``[N, T, D]``
 float16 (opened memory-mapped), ``labels.npy`` and ``meta.json``. Extraction streams batches into
-memory-mapped files inside ``CACHE/<key>.partial/`` with a ``progress.json`` written every few batches, so a
-killed run resumes where it stopped; the directory is renamed into place only when complete (atomic), and an
-entry whose files do not match its ``meta.json`` is treated as corrupt and rebuilt.
+preallocated ``.npy`` files inside ``CACHE/<key>.partial/`` with positional writes (through the page cache,
+never mapped into the process, so resident memory stays flat however large the token array grows) and writes
+a ``progress.json`` every few batches, so a killed run resumes where it stopped; the directory is renamed
+into place only when complete (atomic), and an entry whose files do not match its ``meta.json`` is treated
+as corrupt and rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -166,35 +169,35 @@ def _extract_into(
     grid, dims = _probe_shapes(backbone, dataset, preprocess, device)
     d_emb, n_tok, d_tok = dims
     done = _resume_point(work, meta, with_tokens)
-    mode = "r+" if done else "w+"
     work.mkdir(parents=True, exist_ok=True)
-    emb = np.lib.format.open_memmap(work / "embeddings.npy", mode=mode, dtype=np.float32, shape=(n, d_emb))
-    tok = None
-    if with_tokens:
-        tok = np.lib.format.open_memmap(
-            work / "tokens.npy", mode=mode, dtype=np.float16, shape=(n, n_tok, d_tok)
-        )
     if done:
         log.info("resuming feature extraction of %s %s at %d/%d", dataset.name, dataset.split, done, n)
     subset = torch.utils.data.Subset(dataset, range(done, n)) if done else dataset
     loader = make_loader(subset, batch_size=batch_size, num_workers=num_workers, size=preprocess.size)
     row = done
-    with torch.inference_mode(), autocast_context(device, autocast):
-        for step, batch in enumerate(loader):
-            x = preprocess(batch["image"].to(device, non_blocking=True))
-            feats = backbone.forward_features(x)
-            b = x.shape[0]
-            emb[row : row + b] = feats.embedding.float().cpu().numpy()
-            if tok is not None:
-                tok[row : row + b] = feats.tokens.to(torch.float16).cpu().numpy()
-            row += b
-            if (step + 1) % _SAVE_EVERY == 0:
-                _save_progress(work, meta, with_tokens, row, emb, tok)
-            if progress is not None:
-                progress(row, n)
-    emb.flush()
-    if tok is not None:
-        tok.flush()
+    with contextlib.ExitStack() as files:
+        emb = files.enter_context(
+            _RowWriter(work / "embeddings.npy", np.float32, (n, d_emb), resume=bool(done))
+        )
+        tok = None
+        if with_tokens:
+            shape = (n, n_tok, d_tok)
+            tok = files.enter_context(_RowWriter(work / "tokens.npy", np.float16, shape, resume=bool(done)))
+        with torch.inference_mode(), autocast_context(device, autocast):
+            for step, batch in enumerate(loader):
+                x = preprocess(batch["image"].to(device, non_blocking=True))
+                feats = backbone.forward_features(x)
+                emb.write(row, feats.embedding.float().cpu().numpy())
+                if tok is not None:
+                    tok.write(row, feats.tokens.to(torch.float16).cpu().numpy())
+                row += x.shape[0]
+                if (step + 1) % _SAVE_EVERY == 0:
+                    _save_progress(work, meta, with_tokens, row, emb, tok)
+                if progress is not None:
+                    progress(row, n)
+        emb.flush()
+        if tok is not None:
+            tok.flush()
     np.save(work / "labels.npy", dataset.labels)
     full = {
         **meta,
@@ -208,6 +211,44 @@ def _extract_into(
     }
     (work / "meta.json").write_text(json.dumps(full, indent=1, default=str))
     (work / "progress.json").unlink(missing_ok=True)
+
+
+class _RowWriter:
+    """Rows of a preallocated ``.npy`` file, written in place with ``seek`` + ``write``.
+
+    Unlike a writable ``np.memmap``, whose every touched page stays in the process's resident set until it
+    is unmapped, the written rows only pass through the OS page cache, so peak memory does not grow with
+    the number of rows. ``resume=True`` opens an existing file (same dtype and shape) to continue it.
+    """
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...], *, resume: bool) -> None:
+        if resume:
+            header = np.load(path, mmap_mode="r")  # reads the header; maps the data without touching it
+            if header.dtype != np.dtype(dtype) or header.shape != shape:
+                raise ValueError(f"{path} holds {header.dtype} {header.shape}, expected {dtype} {shape}")
+        else:  # header + sparse file of the full size; no page of the data is touched
+            header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        self.offset, self.dtype, self.shape = header.offset, header.dtype, header.shape
+        del header
+        self.row_bytes = self.dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        self.file = open(path, "r+b")  # closed by __exit__
+
+    def write(self, row: int, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        assert block.shape[1:] == self.shape[1:] and row + len(block) <= self.shape[0], (block.shape, row)
+        self.file.seek(self.offset + row * self.row_bytes)
+        self.file.write(memoryview(block).cast("B"))
+
+    def flush(self) -> None:
+        """Make the rows written so far durable (what ``np.memmap.flush`` did)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def __enter__(self) -> _RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
 
 
 def _probe_shapes(backbone, dataset, preprocess, device) -> tuple[tuple[int, int], tuple[int, int, int]]:
@@ -231,7 +272,9 @@ def _resume_point(work: Path, meta: dict, with_tokens: bool) -> int:
     return int(state["rows"])
 
 
-def _save_progress(work: Path, meta: dict, with_tokens: bool, rows: int, emb, tok) -> None:
+def _save_progress(
+    work: Path, meta: dict, with_tokens: bool, rows: int, emb: _RowWriter, tok: _RowWriter | None
+) -> None:
     emb.flush()
     if tok is not None:
         tok.flush()

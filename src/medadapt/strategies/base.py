@@ -10,12 +10,14 @@ it should be saved for inference (e.g. LoRA merged).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
 
 from .._registry import Registry
+from ..errors import ConfigError
 
 __all__ = ["Strategy", "STRATEGIES", "create_strategy"]
 
@@ -48,4 +50,9 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 def create_strategy(name: str, **options: Any) -> Strategy:
     """Build the registered strategy ``name`` with its options (validated by the strategy)."""
-    return STRATEGIES.get(name)(**options)
+    cls = STRATEGIES.get(name)
+    valid = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"strategy {name!r} has no option(s) {unknown}; valid: {valid or 'none'}")
+    return cls(**options)
