@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ._validate import choice
 from .backbones.base import CHANNEL_MODES
 from .errors import ConfigError
 
@@ -26,11 +27,6 @@ __all__ = [
 HEAD_NAMES = ("linear", "attention", "knn")
 RESIZE_MODES = ("resize", "pad")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-
-
-def _choice(value: Any, valid: tuple, flag: str) -> None:
-    if value not in valid:
-        raise ConfigError(f"{flag} {value!r} is not valid; choose one of {list(valid)}")
 
 
 def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
@@ -69,9 +65,9 @@ class RunConfig:
     head_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _choice(self.resize_mode, RESIZE_MODES, "--resize-mode")
-        _choice(self.interpolation, INTERPOLATIONS, "--interpolation")
-        _choice(self.channel_mode, CHANNEL_MODES, "--channel-mode")
+        choice(self.resize_mode, RESIZE_MODES, "--resize-mode")
+        choice(self.interpolation, INTERPOLATIONS, "--interpolation")
+        choice(self.channel_mode, CHANNEL_MODES, "--channel-mode")
         _positive(self.size, "--size", allow_none=True)
         _positive(self.img_size, "--img-size", allow_none=True)
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
@@ -100,7 +96,7 @@ class ProbeConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _choice(self.head, HEAD_NAMES, "--head")
+        choice(self.head, HEAD_NAMES, "--head")
         for name in ("epochs", "batch_size", "extract_batch_size"):
             _positive(getattr(self, name), f"--{name.replace('_', '-')}")
         if not self.lrs or not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
@@ -129,11 +125,11 @@ class FinetuneConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _choice(self.head, ("linear", "attention"), "--head")
+        choice(self.head, ("linear", "attention"), "--head")
         from .strategies import STRATEGIES
         from .training.loop import TrainConfig
 
-        _choice(self.strategy, tuple(STRATEGIES), "--strategy")
+        choice(self.strategy, tuple(STRATEGIES), "--strategy")
         unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
         if unknown:
             raise ConfigError(

@@ -3,7 +3,8 @@ fine-tuning loop (strategies, schedules, augmentation, checkpoints and resume)."
 
 from .augment import AUGMENT_PRESETS, Augment, make_augment
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .loop import OPTIMIZERS, FitResult, TrainConfig, class_weights, fit, predict
+from .config import OPTIMIZERS, TrainConfig
+from .loop import FitResult, class_weights, fit, predict
 from .probe import (
     DEFAULT_KS,
     DEFAULT_LRS,

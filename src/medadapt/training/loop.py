@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -43,13 +42,13 @@ from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, collate, make_loader
 from ..errors import ConfigError, DataError
 from ..strategies.base import Strategy
-from .augment import AUGMENT_PRESETS, Augment, make_augment
+from .augment import Augment, make_augment
 from .checkpoint import checkpoint_path, cpu_state, load_checkpoint, run_fingerprint, save_checkpoint
+from .config import TrainConfig
 from .probe import loss_fn, to_scores
-from .schedule import SCHEDULES, make_scheduler, sync_scheduler
+from .schedule import make_scheduler, sync_scheduler
 
 __all__ = [
-    "OPTIMIZERS",
     "TrainConfig",
     "FitResult",
     "fit",
@@ -65,101 +64,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-MONITORS = ("val_auc", "val_loss")
-SELECT_ON = ("val_auc", "val_loss", "last")
 #: TrainConfig fields that do not change the result, so a run may be resumed with other values.
 _NOT_HASHED = ("device", "num_workers")
 #: Independent seed streams of one epoch.
 _MODEL_RNG, _SHUFFLE, _AUGMENT = 0, 1, 2
 
 Progress = Callable[[int, int, dict[str, Any]], None]
-
-
-# ------------------------------------------------------------------------------------------------ config
-@dataclass
-class TrainConfig:
-    """How to train (the strategy says what to train).
-
-    ``milestones`` are epochs for ``schedule="multistep"`` (default: 50% and 75% of ``epochs``, the
-    MedMNIST v2 protocol; other schedules ignore them); ``warmup_epochs`` of linear warm-up apply to every
-    schedule. ``early_stop`` stops after ``patience`` evaluations without improvement of that quantity;
-    ``select_on`` picks the weights returned (``val_auc``: ties broken by lower loss; ``last``: the final
-    epoch). ``class_weights`` weighs the loss by inverse class frequency in train (``pos_weight = neg / pos``
-    per label for multi-label). ``sgd`` uses momentum 0.9. ``eval_every`` evaluates every n epochs (and
-    the last). ``augment`` is a preset of :data:`~medadapt.training.augment.AUGMENT_PRESETS`. ``device``
-    and ``num_workers`` do not change the result, so a run may be resumed with other values.
-    """
-
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    epochs: int = 30
-    batch_size: int = 64
-    schedule: str = "cosine"
-    milestones: list[int] | None = None
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    autocast: bool = True
-    grad_clip: float | None = None
-    class_weights: bool = False
-    early_stop: str | None = None
-    patience: int = 10
-    select_on: str = "val_auc"
-    augment: str = "none"
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    eval_every: int = 1
-
-    def __post_init__(self) -> None:
-        _choice(self.optimizer, OPTIMIZERS, "--optimizer")
-        _choice(self.schedule, SCHEDULES, "--schedule")
-        _choice(self.early_stop, (*MONITORS, None), "--early-stop")
-        _choice(self.select_on, SELECT_ON, "--select-on")
-        _choice(self.augment, tuple(AUGMENT_PRESETS), "--augment")
-        for name in ("epochs", "batch_size", "patience", "eval_every"):
-            _int(getattr(self, name), f"--{name.replace('_', '-')}", low=1)
-        _int(self.warmup_epochs, "--warmup-epochs", low=0)
-        _int(self.num_workers, "--num-workers", low=0)
-        _int(self.seed, "--seed", low=0)
-        _number(self.lr, "--lr", positive=True)
-        _number(self.weight_decay, "--weight-decay")
-        _number(self.gamma, "--gamma", positive=True)
-        if self.grad_clip is not None:
-            _number(self.grad_clip, "--grad-clip", positive=True)
-        if self.warmup_epochs >= self.epochs:
-            raise ConfigError(
-                f"--warmup-epochs {self.warmup_epochs} must be less than --epochs {self.epochs}"
-            )
-        if self.milestones is None:  # only multistep uses them
-            default = [self.epochs // 2, (3 * self.epochs) // 4] if self.schedule == "multistep" else []
-            self.milestones = [m for m in default if m >= 1]
-        ms = list(self.milestones)
-        if not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m <= self.epochs for m in ms):
-            raise ConfigError(f"--milestones must be epochs in [1, {self.epochs}], got {ms!r}")
-        self.milestones = sorted(ms)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _choice(value: Any, valid: tuple, flag: str) -> None:
-    if value not in valid:
-        raise ConfigError(f"{flag} {value!r} is not valid; choose one of {list(valid)}")
-
-
-def _int(value: Any, flag: str, *, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
-
-
-def _number(value: Any, flag: str, *, positive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise ConfigError(
-            f"{flag} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ result
