@@ -6,26 +6,33 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["atomic_write"]
 
 StrPath = str | os.PathLike
 
 
-def atomic_write(path: StrPath, data: bytes | str) -> Path:
-    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically, creating parent folders.
+def atomic_write(path: StrPath, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent folders.
 
-    Readers see the old file or the new one, never a partial write.
+    ``data`` is bytes, a str (UTF-8 encoded) or a function that writes into the open binary file (e.g.
+    ``lambda f: torch.save(state, f)``). Readers see the old file or the new one, never a partial write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+    write = (
+        data
+        if callable(data)
+        else (lambda f: f.write(data.encode("utf-8") if isinstance(data, str) else data))
+    )
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

@@ -57,12 +57,7 @@ def probe(
     seeds are run), ``out/config.yaml`` and ``out/env.json``; returns this run's rows of the results table.
     """
     cfg = replace(config, **kwargs) if config is not None else ProbeConfig(**kwargs)
-    out = Path(cfg.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    splits = load_splits(cfg)
-    img_size = _image_size(cfg, splits["train"])
-    _write_run_files(cfg, out, img_size, device)
+    out, device, splits, img_size = _start_run(cfg)
     frames = []
     for seed in cfg.seeds:
         rows = _probe_one_seed(cfg, splits, seed=seed, img_size=img_size, device=device, out=out,
@@ -72,9 +67,16 @@ def probe(
     return pd.concat(frames, ignore_index=True)
 
 
-def _write_run_files(cfg: RunConfig, out: Path, img_size: int, device: torch.device) -> None:
+def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDataset], int]:
+    """Load the data, resolve the device and image size, write ``config.yaml`` and ``env.json``."""
+    out = Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    splits = load_splits(cfg)
+    img_size = _image_size(cfg, splits["train"])
     write_yaml({**cfg.to_dict(), "img_size": img_size}, out / "config.yaml")
     write_json(environment_info(seed=cfg.seeds, device=str(device)), out / "env.json")
+    return out, device, splits, img_size
 
 
 def _image_size(cfg: RunConfig, train: MedicalDataset) -> int:
@@ -214,12 +216,7 @@ def finetune(
     every arm, written after each run so finished runs survive a later failure.
     """
     cfg = replace(config, **kwargs) if config is not None else FinetuneConfig(**kwargs)
-    out = Path(cfg.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    splits = load_splits(cfg)
-    img_size = _image_size(cfg, splits["train"])
-    _write_run_files(cfg, out, img_size, device)
+    out, device, splits, img_size = _start_run(cfg)
     frames = []
     for name, arm in _arms(cfg):
         for seed in cfg.seeds:

@@ -13,12 +13,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import _fsync_dir
+from .._io import atomic_write
 from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess
 from ..errors import ConfigError
@@ -97,21 +95,7 @@ def checkpoint_path(out_dir: str | os.PathLike | None, *, resume: bool) -> Path 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     """``torch.save`` ``state`` (plus the format version) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({**state, "format": FORMAT}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda f: torch.save({**state, "format": FORMAT}, f))
 
 
 def load_checkpoint(path: str | os.PathLike, *, config_hash: str) -> dict[str, Any]:
