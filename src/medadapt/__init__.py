@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 _API = {
     "probe": "medadapt.api",
+    "finetune": "medadapt.api",
+    "FinetuneConfig": "medadapt.config",
     "ProbeConfig": "medadapt.config",
     "create_backbone": "medadapt.backbones",
     "list_backbones": "medadapt.backbones",
