@@ -191,3 +191,10 @@ def test_cifar_stem_keeps_28px_resolution_for_medmnist_v2_resnets():
     assert f.grid == (4, 4)  # 28 -> 28 (stem) -> 4 after the three stride-2 stages
     with pytest.raises(ConfigError, match="stem=cifar applies to timm ResNets"):
         create_backbone(f"{TINY['dinov2']}&stem=cifar", pretrained=False, img_size=28)
+
+
+def test_size_check_does_not_touch_batchnorm_statistics():
+    bb = create_backbone("timm:resnet18", pretrained=False, img_size=28)
+    assert int(bb.model.bn1.num_batches_tracked) == 0
+    torch.testing.assert_close(bb.model.bn1.running_mean, torch.zeros(64))
+    assert bb.training  # the mode it was built in is kept

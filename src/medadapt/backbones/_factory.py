@@ -182,6 +182,8 @@ def create_backbone(
 def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
     """One tiny forward pass, so an input size the architecture cannot take fails here with a clear message."""
     x = torch.zeros(1, backbone.spec.in_chans, *hw)
+    was_training = backbone.training
+    backbone.eval()  # a train-mode pass would update BatchNorm running statistics
     try:
         with torch.inference_mode():
             backbone.forward_features(x)
@@ -190,3 +192,5 @@ def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
             f"{backbone.spec.address} cannot run on {hw[0]}x{hw[1]} inputs ({type(e).__name__}: {e}); "
             "choose another --size (e.g. 224, or a multiple of the patch size / total stride)"
         ) from e
+    finally:
+        backbone.train(was_training)
