@@ -182,7 +182,7 @@ def create_backbone(
 def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
     """One tiny forward pass, so an input size the architecture cannot take fails here with a clear message."""
     x = torch.zeros(1, backbone.spec.in_chans, *hw)
-    was_training = backbone.training
+    modes = {m: m.training for m in backbone.modules()}
     backbone.eval()  # a train-mode pass would update BatchNorm running statistics
     try:
         with torch.inference_mode():
@@ -193,4 +193,5 @@ def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
             "choose another --size (e.g. 224, or a multiple of the patch size / total stride)"
         ) from e
     finally:
-        backbone.train(was_training)
+        for module, training in modes.items():  # restore each module's own mode (sources mix them)
+            module.training = training

@@ -152,7 +152,7 @@ def fit(
     with seeded(_seed(cfg.seed, 0, _MODEL_RNG), device):  # adapters drawn at configure (LoRA) are seeded too
         groups = strategy.configure(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     optimizer = build_optimizer(cfg, groups)
-    model.to(device)
+    _place(model, device)
     train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
@@ -296,7 +296,7 @@ def predict(
     """
     device = resolve_device(str(device))
     loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers)
-    logits, _ = _outputs(model.to(device), loader, preprocess, device, autocast)
+    logits, _ = _outputs(_place(model, device), loader, preprocess, device, autocast)
     return to_scores(ds.task, logits).numpy()
 
 
@@ -408,6 +408,26 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_
 
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _place(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` in place; a convolutional network on the CPU also goes channels-last.
+
+    oneDNN's CPU convolutions are faster on channels-last (NHWC) tensors, and a channels-last weight makes
+    the activations channels-last too, so inputs need no conversion. Measured with
+    ``bench/medmnist_v2_speed.py --explore`` (ResNet-18, 28 px, batch 128, one AVX2 thread): training steps
+    ~12% and evaluation ~18% faster. Only the float rounding differs from NCHW; a run stays deterministic and
+    resumes bit for bit. Parameters keep their identity (an optimizer built before still holds them).
+    """
+    if device.type == "cpu" and _mostly_convolutions(model):
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def _mostly_convolutions(model: nn.Module) -> bool:
+    """True when 2D convolution weights hold most parameters (CNNs; not a ViT with a conv patch embedding)."""
+    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+    return 2 * conv > sum(p.numel() for p in model.parameters())
 
 
 def _check_data(train_ds: MedicalDataset, val_ds: MedicalDataset) -> str:
