@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -485,43 +486,26 @@ def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -
 # ---------------------------------------------------------------------------------------------- kinds
 
 
-@DATASETS.register("csv")
-def load_csv(
-    address: DatasetAddress,
-    split: str,
-    *,
-    root: str | None = None,
-    size: int | None = None,
-    skip_bad: bool = False,
-    **ignored: Any,
-) -> ImageFileDataset:
-    """Load one split of a CSV-described dataset (options: see the module docstring).
+def _make_loader(kind: str, options: tuple[str, ...], make_rows) -> Callable[..., ImageFileDataset]:
+    def load(
+        address: DatasetAddress,
+        split: str,
+        *,
+        root: str | None = None,
+        size: int | None = None,
+        skip_bad: bool = False,
+        **ignored: Any,
+    ) -> ImageFileDataset:
+        opts = _Options.parse(address.options, options, kind)
+        rows = make_rows(Path(address.location).expanduser(), opts)
+        return _build(rows, split, str(address), opts, skip_bad or bool(opts.skip_bad))
 
-    Example:
-        >>> from medadapt.data import load_dataset
-        >>> ds = load_dataset("csv:/data/labels.csv?task=multilabel", "train")  # doctest: +SKIP
-    """
-    opts = _Options.parse(address.options, _CSV_OPTIONS, "csv")
-    rows = _csv_rows(Path(address.location).expanduser(), opts)
-    return _build(rows, split, str(address), opts, skip_bad or bool(opts.skip_bad))
+    load.__name__ = f"load_{kind}"
+    load.__doc__ = f"Load one split of a ``{kind}:`` dataset (options: see the module docstring)."
+    return load
 
 
-@DATASETS.register("folder")
-def load_folder(
-    address: DatasetAddress,
-    split: str,
-    *,
-    root: str | None = None,
-    size: int | None = None,
-    skip_bad: bool = False,
-    **ignored: Any,
-) -> ImageFileDataset:
-    """Load one split of a class-per-subfolder image dataset (options: see the module docstring).
-
-    Example:
-        >>> from medadapt.data import load_dataset
-        >>> ds = load_dataset("folder:/data/xrays?channels=1", "test")  # doctest: +SKIP
-    """
-    opts = _Options.parse(address.options, _COMMON_OPTIONS, "folder")
-    rows = _folder_rows(Path(address.location).expanduser(), opts)
-    return _build(rows, split, str(address), opts, skip_bad or bool(opts.skip_bad))
+#: ``load_dataset("csv:/data/labels.csv?task=multilabel", "train")``
+load_csv = DATASETS.register("csv", _make_loader("csv", _CSV_OPTIONS, _csv_rows))
+#: ``load_dataset("folder:/data/xrays?channels=1", "test")``
+load_folder = DATASETS.register("folder", _make_loader("folder", _COMMON_OPTIONS, _folder_rows))
