@@ -3,7 +3,7 @@
 Each strategy runs in a fresh Python subprocess, so the process-wide high-water mark is its own: the child
 builds the classifier (``create_backbone`` random init + ``build_classifier(linear)``, same seed for all),
 then ``medadapt.training.fit`` trains one epoch of ``--steps`` optimizer steps (batch ``--batch-size``)
-followed by fit's validation pass on one batch. Memory is read as the validation starts (by wrapping
+followed by fit's validation pass (on 8 val images). Memory is read as the validation starts (by wrapping
 ``medadapt.training.loop.evaluate``), i.e. right after the training steps, and once more after fit returns:
 
 * CPU: peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and, as a baseline, the
@@ -45,6 +45,7 @@ from medadapt.training import TrainConfig, fit
 
 STRATEGIES = ["frozen", "full", "differential", "llrd", "unfreeze", "lora", "ia3", "ln_tune"]
 GROWTH_TARGET = 0.75
+VAL_IMAGES = 8  # fit's validation pass runs on these (it needs a val set; its cost is not the point)
 MB = 2**20
 
 
@@ -98,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     n = args.batch_size * args.steps
     train = load_split(args.dataset, "train", data_root=args.data_root, limit=n, synthetic_n=n)
-    val = load_split(args.dataset, "val", data_root=args.data_root, limit=args.batch_size)
+    val = load_split(args.dataset, "val", data_root=args.data_root, limit=VAL_IMAGES)
     model, _, preprocess = build_model(
         args.backbone, img_size=args.img_size, data_chans=train.n_channels, num_outputs=train.num_outputs
     )
@@ -124,7 +125,17 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(args: argparse.Namespace, strategy: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", strategy]
-    for flag in ("dataset", "data_root", "backbone", "img_size", "batch_size", "steps", "lr", "device", "threads"):
+    for flag in (
+        "dataset",
+        "data_root",
+        "backbone",
+        "img_size",
+        "batch_size",
+        "steps",
+        "lr",
+        "device",
+        "threads",
+    ):
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     what = "torch.cuda.max_memory_allocated" if cuda else "peak RSS (ru_maxrss) of a fresh process"
     notes = [
         f"{args.backbone} (random init) at {args.img_size} px, batch {args.batch_size}, {args.steps} training "
-        f"steps + fit's validation pass on {args.batch_size} images, AdamW lr {args.lr:g}, one fresh process "
+        f"steps + fit's validation pass on {VAL_IMAGES} images, AdamW lr {args.lr:g}, one fresh process "
         f"per strategy; device {args.device}; {machine()}.",
         f"Memory: {what}. 'peak in training' is read as the validation starts (right after the steps), "
         "'peak of fit' after fit returns (adds the validation pass and fit's CPU copy of the best weights)."
@@ -162,13 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             else " 'baseline' = resident size just before fit (weights, data, libraries); "
             "'training growth' = peak in training - baseline."
         ),
+        "unfreeze is in its first epoch, where only the head trains (backbone stages join from epoch 2 on).",
     ]
     report("Peak memory per strategy", markdown_table(rows), verdict, args.out, notes)
     return 0
 
 
 def _row(name: str, r: dict, cuda: bool) -> dict:
-    row = {"strategy": name, "trainable params": int(r["trainable"]), "trainable %": 100 * r["trainable"] / r["total"]}
+    row = {
+        "strategy": name,
+        "trainable params": int(r["trainable"]),
+        "trainable %": 100 * r["trainable"] / r["total"],
+    }
     if not cuda:
         row["baseline MB"] = r["baseline"] / MB
         row["training growth MB"] = (r["peak_training"] - r["baseline"]) / MB
@@ -197,7 +213,9 @@ def _verdict(runs: dict[str, dict], cuda: bool) -> str:
         checks.append((ok, f"{name} peak {ratio:.0%} of full's{growth}"))
     target = "peak below full's" + ("" if cuda else f" and training growth <= {GROWTH_TARGET:.0%} of full's")
     passed = all(ok for ok, _ in checks)
-    return f"{'PASS' if passed else 'FAIL'}: " + "; ".join(text for _, text in checks) + f" (target: {target})"
+    return (
+        f"{'PASS' if passed else 'FAIL'}: " + "; ".join(text for _, text in checks) + f" (target: {target})"
+    )
 
 
 if __name__ == "__main__":
