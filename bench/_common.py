@@ -126,3 +126,26 @@ def report(title: str, table: str, verdict: str, out: str | None, notes: Sequenc
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--no-autocast`` and ``--threads``, shared by every benchmark."""
+    parser.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    parser.add_argument(
+        "--no-autocast", action="store_true", help="disable bf16 autocast (a no-op where not native)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads; 0 = torch's default. 1 keeps numbers stable on a shared machine: with "
+        "more threads than free cores, every op waits on descheduled threads (default: %(default)s)",
+    )
+
+
+def apply_threads(threads: int) -> None:
+    """Set torch's intra-op threads (0 keeps torch's default)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)

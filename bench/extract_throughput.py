@@ -38,7 +38,16 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from _common import Prefix, add_data_args, load_split, machine, markdown_table, report
+from _common import (
+    Prefix,
+    add_data_args,
+    add_run_args,
+    apply_threads,
+    load_split,
+    machine,
+    markdown_table,
+    report,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from medadapt._device import autocast_context
@@ -75,18 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="both",
         help="with_tokens=False, True, or both rows (default: %(default)s)",
     )
-    parser.add_argument("--device", default="cpu", help="(default: %(default)s)")
-    parser.add_argument(
-        "--no-autocast", action="store_true", help="disable bf16 autocast (a no-op where not native)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads; 0 = torch's default. 1 keeps numbers stable on a shared machine: with "
-        "more threads than free cores, OpenMP barriers make every op wait on descheduled threads "
-        "(default: %(default)s)",
-    )
+    add_run_args(parser)
     parser.add_argument(
         "--profile", action="store_true", help="also print a cProfile of one extract_features call per row"
     )
@@ -268,8 +266,7 @@ def _print_profile(fn, label: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     dataset = load_split(args.dataset, args.split, data_root=args.data_root, limit=args.limit)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])  # the plain loop's input
     token_modes = {"both": [False, True], "off": [False], "on": [True]}[args.tokens]

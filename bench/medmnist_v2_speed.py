@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import machine, markdown_table, report
+from _common import apply_threads, machine, markdown_table, report
 from _training import EpochClock, EvalClock, Seconds, build_model, now, total
 from PIL import Image
 from torch import nn
@@ -519,8 +519,7 @@ def _explore_rows(times, args, n_eval: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if not args.data_root:
         raise SystemExit("give --data-root (or set MEDADAPT_DATA): the folder with the MedMNIST .npz files")
     return explore(args) if args.explore else speed(args)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_data_args, load_split, machine, markdown_table, report
+from _common import add_data_args, add_run_args, apply_threads, load_split, machine, markdown_table, report
 from torch.utils.data import DataLoader
 
 from medadapt._device import autocast_context, seeded
@@ -87,16 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="standardize the head input with train statistics (train_probe's default: on)",
     )
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="(default: %(default)s)")
-    parser.add_argument(
-        "--no-autocast", action="store_true", help="disable bf16 autocast (a no-op where not native)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads; 0 = torch's default (1 keeps a shared machine stable) (default: %(default)s)",
-    )
+    add_run_args(parser)
     parser.add_argument("--out", default=None, help="also write the markdown tables to this file")
     return parser.parse_args(argv)
 
@@ -265,8 +256,7 @@ def build(args) -> tuple[Backbone, MedicalDataset, MedicalDataset, Preprocess]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     backbone, train, val, preprocess = build(args)
     with tempfile.TemporaryDirectory(prefix="medadapt-bench-") as scratch:
         print("running medadapt (extract once + one-pass grid) ...", file=sys.stderr)

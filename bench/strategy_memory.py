@@ -36,7 +36,7 @@ import sys
 import time
 
 import torch
-from _common import add_data_args, load_split, machine, markdown_table, report
+from _common import add_data_args, apply_threads, load_split, machine, markdown_table, report
 from _training import EvalClock, build_model
 
 from medadapt._device import resolve_device
@@ -148,8 +148,7 @@ def run_child(args: argparse.Namespace, strategy: str) -> dict:
 # ------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.child is not None:
         child(args)
         return 0

@@ -33,7 +33,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _common import add_data_args, load_split, machine, markdown_table, report
+from _common import add_data_args, add_run_args, apply_threads, load_split, machine, markdown_table, report
 from _training import EpochClock, EvalClock, Seconds, build_model, now, stacked_images, total
 
 from medadapt._device import autocast_context, resolve_device
@@ -69,17 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reps", type=int, default=2, help="interleaved runs of each loop (default: %(default)s)"
     )
-    parser.add_argument("--device", default="cpu", help="(default: %(default)s)")
-    parser.add_argument(
-        "--no-autocast", action="store_true", help="disable bf16 autocast (a no-op where not native)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads; 0 = torch's default. 1 keeps numbers stable on a shared machine "
-        "(default: %(default)s)",
-    )
+    add_run_args(parser)
     parser.add_argument(
         "--plain-channels-last",
         action="store_true",
@@ -195,8 +185,7 @@ def _fmt(times: list[Seconds]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     train = load_split(args.dataset, "train", data_root=args.data_root, limit=args.limit)
     val = load_split(args.dataset, "val", data_root=args.data_root)
     rows = [bench_backbone(address, train, val, args) for address in args.backbones]
