@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import replace
@@ -33,6 +34,8 @@ from .reporting.results import (
     write_results,
     write_yaml,
 )
+from .saved import ModelInfo, save_classifier
+from .strategies import build_classifier
 from .training.probe import train_probe
 
 __all__ = ["probe", "finetune", "load_splits"]
@@ -149,6 +152,12 @@ def _probe_one_seed(
         name = split if len(cfg.seeds) == 1 else f"{split}_seed{seed}"
         save_predictions(out, name, labels=fs.labels, scores=scores)
         rows += results_rows(metrics=compute_metrics(train.task, fs.labels, scores), split=split, **ids)
+    if result.head_name != "knn":  # a kNN head is its training features: nothing to reload as a model
+        model = build_classifier(backbone, cfg.head, train.num_outputs, **cfg.head_kwargs)
+        model.head.load_state_dict(result.head.state_dict())
+        info = _model_info(cfg, model, train, preprocess, img_size=img_size, seed=seed, strategy="frozen",
+                           stored="head" if backbone.spec.pretrained else "model")  # fmt: skip
+        save_classifier(out / "models" / f"seed{seed}", model, info)
     n_images = sum(len(fs) for fs in feats.values())
     cost = {
         "backbone_params": sum(p.numel() for p in backbone.parameters()),
@@ -158,6 +167,29 @@ def _probe_one_seed(
         "train_seconds": t_train,
     }
     return rows + results_rows(metrics=cost, split="cost", **ids)
+
+
+def _model_info(cfg: RunConfig, model, train: MedicalDataset, preprocess: Preprocess, *, img_size: int, seed: int,
+                strategy: str, stored: str) -> ModelInfo:  # fmt: skip
+    """How to rebuild ``model`` later (see :mod:`medadapt.saved`)."""
+    return ModelInfo(
+        backbone=cfg.backbone,
+        head=cfg.head,
+        num_outputs=train.num_outputs,
+        task=train.task,
+        img_size=img_size,
+        data_chans=train.n_channels,
+        channel_mode=cfg.channel_mode,
+        preprocess=dataclasses.asdict(preprocess),
+        stored=stored,
+        pretrained=bool(model.backbone.spec.pretrained),
+        weights=str(Path(cfg.weights).expanduser().resolve()) if cfg.weights else None,
+        head_kwargs=dict(cfg.head_kwargs),
+        dataset=cfg.dataset,
+        strategy=strategy,
+        seed=seed,
+        classes=[str(c) for c in train.classes],
+    )
 
 
 def _preprocess(cfg: RunConfig, backbone, img_size: int) -> Preprocess:
@@ -250,7 +282,9 @@ def _finetune_one(
     device: torch.device,
     run_dir: Path,
     show_progress: bool,
+    objective=None,
 ) -> list[dict[str, Any]]:
+    """Train one (arm, seed) in ``run_dir`` (best LR of ``cfg.lrs``), save its model; the tidy result rows."""
     from .training.loop import TrainConfig, predict, selection_key
 
     train, val, test = splits["train"], splits["val"], splits["test"]
@@ -259,8 +293,9 @@ def _finetune_one(
     for lr in lrs:
         where = run_dir / f"lr{lr:g}" if len(cfg.lrs) > 1 else run_dir
         fits.append(_fit_one(cfg, splits, lr=lr, seed=seed, img_size=img_size, device=device, run_dir=where,
-                             desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None))  # fmt: skip
-    result, backbone, preprocess, tcfg = max(
+                             desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None,
+                             objective=objective))  # fmt: skip
+    result, backbone, preprocess, tcfg, strategy = max(
         fits,
         key=lambda f: selection_key(
             {"val_auc": f[0].best_val_auc, "val_loss": f[0].best_val_loss}, "val_auc"
@@ -284,13 +319,16 @@ def _finetune_one(
                          autocast=tcfg.autocast, num_workers=cfg.num_workers)  # fmt: skip
         save_predictions(run_dir, split, labels=ds.labels, scores=scores)
         rows += results_rows(metrics=compute_metrics(train.task, ds.labels, scores), split=split, **ids)
+    info = _model_info(cfg, result.model, train, preprocess, img_size=img_size, seed=seed, strategy=cfg.strategy,
+                       stored="model")  # fmt: skip
+    save_classifier(run_dir, strategy.export(result.model), info)
     return rows + results_rows(metrics=result.cost, split="cost", **ids)
 
 
 def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int, device: torch.device,
-             run_dir: Path, desc: str | None):  # fmt: skip
-    """Build the classifier for ``seed`` and train it at ``lr``; returns (FitResult, backbone, preprocess, TrainConfig)."""
-    from .strategies import build_classifier, create_strategy
+             run_dir: Path, desc: str | None, objective=None):  # fmt: skip
+    """Build the classifier for ``seed`` and train it at ``lr``; returns (FitResult, backbone, preprocess, TrainConfig, strategy)."""
+    from .strategies import create_strategy
     from .training.loop import TrainConfig, fit
 
     train = splits["train"]
@@ -310,5 +348,5 @@ def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int
     tcfg = TrainConfig(**{"autocast": cfg.autocast, **settings})
     bar = _epoch_bar(tcfg.epochs, desc) if desc else None
     result = fit(model, strategy, train, splits["val"], cfg=tcfg, preprocess=preprocess, out_dir=run_dir,
-                 resume=cfg.resume, progress=bar)  # fmt: skip
-    return result, backbone, preprocess, tcfg
+                 resume=cfg.resume, progress=bar, objective=objective)  # fmt: skip
+    return result, backbone, preprocess, tcfg, strategy

@@ -51,6 +51,7 @@ from .schedule import make_scheduler, sync_scheduler
 __all__ = [
     "TrainConfig",
     "FitResult",
+    "Objective",
     "fit",
     "predict",
     "evaluate",
@@ -134,17 +135,22 @@ def fit(
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train ``model`` as ``strategy`` configures it; checkpoint to ``out_dir/checkpoint.pt`` every epoch.
 
     ``resume=True`` continues from that checkpoint (which must come from the same configuration, model,
     strategy, preprocessing and data; else :class:`~medadapt.errors.ConfigError`), or starts afresh if there
-    is none. ``progress(epoch, epochs, record)`` is called after each epoch's checkpoint.
+    is none. ``progress(epoch, epochs, record)`` is called after each epoch's checkpoint. ``objective``
+    replaces the task loss as what is minimised (e.g. :class:`~medadapt.distill.DistillObjective`); its loss
+    parts are logged per epoch as ``train_{part}``.
     """
     device = resolve_device(cfg.device)
     task = _check_data(train_ds, val_ds)
     ckpt = checkpoint_path(out_dir, resume=resume)
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    if objective is not None:
+        settings["objective"] = objective.fingerprint()
     run_hash = run_fingerprint(settings, strategy, model, preprocess, [train_ds, val_ds]) if ckpt else ""
     saved = load_checkpoint(ckpt, config_hash=run_hash) if ckpt is not None and ckpt.exists() else None
     if saved is not None:  # strategies that rebuild their groups in configure need their state first
@@ -156,7 +162,9 @@ def fit(
     train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
-    step = _Step(make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device)
+    step = _Step(make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device, objective)
+    if objective is not None:
+        objective.prepare(device)
     run = _Run()
     if saved is not None:
         run = _restore(saved, model, optimizer, scheduler, strategy, cfg=cfg, device=device)
@@ -170,9 +178,8 @@ def fit(
         t0 = time.perf_counter()
         with seeded(_seed(cfg.seed, epoch, _MODEL_RNG), device):
             record = _start_epoch(epoch, model, optimizer, scheduler, strategy, run.history)
-            record["train_loss"], n_images = step.epoch(
-                model, train_loader, optimizer, scheduler, augment_rng
-            )
+            losses, n_images = step.epoch(model, train_loader, optimizer, scheduler, augment_rng)
+            record.update({f"train_{k}": v for k, v in losses.items()})
         run.clock["train"] += time.perf_counter() - t0
         run.clock["images"] += n_images
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
@@ -217,6 +224,28 @@ def _start_epoch(
     return {"epoch": epoch, "lr": lrs, "trainable_params": count_trainable(model)}
 
 
+class Objective:
+    """What a training step minimises besides (or instead of) the task loss; the default is the task loss.
+
+    :meth:`__call__` gets the step's float32 logits, the task loss already computed on them (class weights
+    applied), the batch (``index`` locates cached per-image targets) and the batch's images after
+    augmentation and before preprocessing (what another model, such as a teacher, should see). It returns
+    the loss to minimise and its named parts, which :func:`fit` logs as epoch means ``train_{name}``.
+    :meth:`fingerprint` enters the checkpoint's run hash, so a run resumes only with the same objective.
+    """
+
+    def prepare(self, device: torch.device) -> None:
+        """Called once before training, with the training device."""
+
+    def __call__(
+        self, logits: torch.Tensor, task_loss: torch.Tensor, *, batch: dict[str, Any], images: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return task_loss, {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": type(self).__name__}
+
+
 @dataclass
 class _Step:
     """One optimisation step and one training epoch, with everything that stays fixed during a run."""
@@ -226,30 +255,41 @@ class _Step:
     augment: Augment
     cfg: TrainConfig
     device: torch.device
+    objective: Objective | None = None
 
-    def epoch(self, model, loader, optimizer, scheduler, rng: torch.Generator) -> tuple[float, int]:
-        """Train one pass over ``loader``; returns the mean training loss and the number of images."""
-        total, n = torch.zeros((), device=self.device), 0
+    def epoch(
+        self, model, loader, optimizer, scheduler, rng: torch.Generator
+    ) -> tuple[dict[str, float], int]:
+        """Train one pass over ``loader``; returns the mean loss (and its parts) and the number of images."""
+        totals: dict[str, torch.Tensor] = {}
+        n = 0
         for batch in loader:
-            images = batch["image"].to(self.device, non_blocking=True)
+            images = self.augment(batch["image"].to(self.device, non_blocking=True), rng)
             labels = batch["label"].to(self.device, non_blocking=True)
-            loss = self(model, self.preprocess(self.augment(images, rng)), labels, optimizer)
+            loss, parts = self(model, images, labels, optimizer, batch)
             scheduler.step()
-            total += loss * len(labels)
+            for name, value in {"loss": loss, **parts}.items():
+                totals[name] = totals.get(name, 0.0) + value.detach() * len(labels)
             n += len(labels)
-        return float(total / max(n, 1)), n
+        return {name: float(total / max(n, 1)) for name, total in totals.items()}, n
 
-    def __call__(self, model, x, labels, optimizer) -> torch.Tensor:
+    def __call__(
+        self, model, images, labels, optimizer, batch=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step on raw (augmented) ``images``; returns the detached loss and its parts."""
         with autocast_context(self.device, self.cfg.autocast):
-            logits = model(x)
+            logits = model(self.preprocess(images))
         loss = self.criterion(logits.float(), labels)
+        parts: dict[str, torch.Tensor] = {}
+        if self.objective is not None:
+            loss, parts = self.objective(logits.float(), loss, batch=batch or {}, images=images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
             params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         optimizer.step()
-        return loss.detach()
+        return loss.detach(), {k: v.detach() for k, v in parts.items()}
 
 
 # ------------------------------------------------------------------------------------------ evaluation
