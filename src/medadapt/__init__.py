@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 _API = {
     "probe": "medadapt.api",
     "finetune": "medadapt.api",
+    "distill": "medadapt.distill.run",
     "FinetuneConfig": "medadapt.config",
+    "DistillConfig": "medadapt.config",
+    "load_classifier": "medadapt.saved",
     "ProbeConfig": "medadapt.config",
     "create_backbone": "medadapt.backbones",
     "list_backbones": "medadapt.backbones",

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MedadaptError
@@ -99,6 +101,50 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         "preset; every epoch is checkpointed, --resume continues a killed run.",
     )
     _add_run_flags(p, heads=["linear", "attention"])
+    _add_training_flags(p)
+    p.set_defaults(func=_run_finetune)
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="distil a frozen teacher (foundation model + head, or an ensemble) into a student CNN",
+        description="Train the student alone and distilled (alpha * CE + (1 - alpha) * t^2 * KL(teacher || "
+        "student)) side by side over seeds; report teacher / student / distilled with a paired test, the "
+        "ablation grid, t-SNE and Grad-CAM figures.",
+    )
+    _add_run_flags(p, heads=["linear", "attention"])
+    p.add_argument(
+        "--student", dest="backbone", help="the student's backbone address (default timm:resnet18)"
+    )
+    p.add_argument("--teacher", nargs="+",
+                   help="run directories / saved-model folders (all models found form one ensemble), or a "
+                   "backbone address whose linear probe is trained first")  # fmt: skip
+    p.add_argument(
+        "--teacher-img-size", type=int, help="input size of a backbone teacher (default --img-size)"
+    )
+    p.add_argument("--teacher-weights", help="local weights file of a backbone teacher")
+    p.add_argument("--teacher-no-pretrained", dest="teacher_pretrained", action="store_const", const=False,
+                   default=None, help="random-init backbone teacher (for tests and offline checks)")  # fmt: skip
+    p.add_argument("--teacher-channel-mode", help="gray images into a backbone teacher (default sum)")
+    p.add_argument("--alpha", type=float, help="weight of the label loss (default 0.2)")
+    p.add_argument("--temperature", type=float, help="softmax temperature t (default 2.0)")
+    p.add_argument("--alphas", type=float, nargs="+", help="ablation grid over alpha (with --temperatures)")
+    p.add_argument("--temperatures", type=float, nargs="+", help="ablation grid over t")
+    p.add_argument("--no-baseline", dest="baseline", action="store_const", const=False, default=None,
+                   help="do not train the student alone")  # fmt: skip
+    p.add_argument("--no-figures", dest="figures", action="store_const", const=False, default=None,
+                   help="skip t-SNE, Grad-CAM and heatmap PNGs")  # fmt: skip
+    p.add_argument("--gradcam-images", type=int, help="test images in the Grad-CAM figure (default 8)")
+    p.add_argument(
+        "--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)"
+    )
+    _add_training_flags(p)
+    p.set_defaults(func=_run_distill)
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """Preset, strategy, LR search, resume and the training recipe (finetune and distill)."""
     p.add_argument(
         "--preset", help="protocol preset (medadapt list presets), applied before --config and flags"
     )
@@ -112,7 +158,33 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="continue from the checkpoints in --out")  # fmt: skip
     for name, kwargs in _TRAIN_FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"train.{name}", **kwargs)
-    p.set_defaults(func=_run_finetune)
+
+
+def _training_config(cls, args: argparse.Namespace):
+    """``cls`` from preset < --config < flags."""
+    from .config import load_preset, load_yaml, merge_config
+
+    flags = _flags(args)
+    if flags.get("strategy_options"):
+        flags["strategy_options"] = _key_values(flags["strategy_options"])
+    layers = [load_preset(args.preset)] if args.preset else []
+    layers += [load_yaml(args.config)] if args.config else []
+    return merge_config(cls, *layers, flags)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from .config import DistillConfig
+    from .distill.run import distill
+
+    cfg = _training_config(DistillConfig, args)
+    table = distill(cfg, show_progress=True)
+    print(side_by_side(table))
+    out = Path(cfg.out)
+    print((out / "comparison.md").read_text())
+    outputs = json.loads((out / "outputs.json").read_text())
+    for kind, names in outputs.items():
+        print(f"{kind}: " + ", ".join(str(out / n) for n in names))
+    return 0
 
 
 def _flags(args: argparse.Namespace, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -128,14 +200,9 @@ def _flags(args: argparse.Namespace, *, drop: tuple[str, ...] = ()) -> dict[str,
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from .api import finetune
-    from .config import FinetuneConfig, load_preset, load_yaml, merge_config
+    from .config import FinetuneConfig
 
-    flags = _flags(args)
-    if flags.get("strategy_options"):
-        flags["strategy_options"] = _key_values(flags["strategy_options"])
-    layers = [load_preset(args.preset)] if args.preset else []
-    layers += [load_yaml(args.config)] if args.config else []
-    cfg = merge_config(FinetuneConfig, *layers, flags)
+    cfg = _training_config(FinetuneConfig, args)
     table = finetune(cfg, show_progress=True)
     print(side_by_side(table))
     print(f"results: {cfg.out}/results.csv")
@@ -251,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(sub)
     _add_probe(sub)
     _add_finetune(sub)
+    _add_distill(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "RunConfig",
     "ProbeConfig",
     "FinetuneConfig",
+    "DistillConfig",
     "load_yaml",
     "merge_config",
     "load_preset",
@@ -141,6 +142,61 @@ class FinetuneConfig(RunConfig):
         for arm in self.arms:
             if not isinstance(arm, dict) or "name" not in arm:
                 raise ConfigError(f"every entry of arms needs a name, got {arm!r}")
+
+
+@dataclass
+class DistillConfig(FinetuneConfig):
+    """A distillation run: a frozen ``teacher`` into a student ``backbone`` trained as :class:`FinetuneConfig`.
+
+    ``teacher`` lists run directories / saved-model folders (every model found joins one ensemble) or one
+    backbone address, whose linear probe is trained first per seed (``teacher_*`` settings). The student
+    trains alone (``baseline``) and distilled at ``alpha`` / ``temperature``; ``alphas`` / ``temperatures``
+    make an ablation grid instead (one distilled arm per pair).
+    """
+
+    backbone: str = "timm:resnet18"
+    out: str = "runs/distill"
+    strategy: str = "scratch"
+    teacher: list[str] = field(default_factory=list)
+    teacher_pretrained: bool = True
+    teacher_weights: str | None = None
+    teacher_img_size: int | None = None
+    teacher_channel_mode: str = "sum"
+    alpha: float = 0.2
+    temperature: float = 2.0
+    alphas: list[float] = field(default_factory=list)
+    temperatures: list[float] = field(default_factory=list)
+    baseline: bool = True
+    figures: bool = True
+    gradcam_images: int = 8
+    tsne_points: int = 2000
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .distill.loss import check_alpha_temperature
+
+        if isinstance(self.teacher, str):
+            self.teacher = [self.teacher]
+        if not self.teacher:
+            raise ConfigError(
+                "--teacher is required: a probe / finetune run directory, or a backbone address whose linear "
+                "probe is trained first (e.g. --teacher timm:vit_base_patch14_dinov2.lvd142m)"
+            )
+        choice(self.teacher_channel_mode, CHANNEL_MODES, "--teacher-channel-mode")
+        _positive(self.teacher_img_size, "--teacher-img-size", allow_none=True)
+        _positive(self.gradcam_images, "--gradcam-images")
+        _positive(self.tsne_points, "--tsne-points")
+        for t, a in self.grid():
+            check_alpha_temperature(a, t)
+        if self.teacher_weights is not None and not Path(self.teacher_weights).expanduser().exists():
+            raise ConfigError(f"--teacher-weights {self.teacher_weights!r} does not exist")
+
+    def grid(self) -> list[tuple[float, float]]:
+        """The distilled arms' ``(temperature, alpha)`` pairs, temperature-major."""
+        temps = self.temperatures or [self.temperature]
+        alphas = self.alphas or [self.alpha]
+        return [(float(t), float(a)) for t in temps for a in alphas]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

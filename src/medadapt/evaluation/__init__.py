@@ -1,4 +1,4 @@
-"""Evaluation: named, NaN-aware metrics checked against sklearn and ``medmnist.Evaluator``."""
+"""Evaluation: named, NaN-aware metrics checked against sklearn and ``medmnist.Evaluator``; paired tests."""
 
 from .metrics import (
     METRICS,
@@ -13,6 +13,7 @@ from .metrics import (
     sensitivity,
     specificity,
 )
+from .stats import format_mean_std, mean_std, paired_test
 
 __all__ = [
     "METRICS",
@@ -26,4 +27,7 @@ __all__ = [
     "f1_macro",
     "sensitivity",
     "specificity",
+    "paired_test",
+    "mean_std",
+    "format_mean_std",
 ]

@@ -1,0 +1,74 @@
+"""The distillation loss: ``alpha * task_loss + (1 - alpha) * t^2 * KL(teacher_t || student_t)``.
+
+Multi-class, binary and ordinal tasks (medadapt's binary tasks have two logits, the MedMNIST convention):
+``p_t = softmax(teacher / t)``, ``q_t = softmax(student / t)``, ``KL(p_t || q_t) = sum p_t (log p_t - log
+q_t)``, averaged over the batch (Hinton et al. 2015). With two logits this is exactly the Bernoulli KL of
+``sigmoid((z_1 - z_0) / t)``: the sigmoid analogue the binary case needs comes for free.
+
+Multi-label tasks: each label is its own Bernoulli, ``p_t = sigmoid(teacher / t)``, ``q_t = sigmoid(student /
+t)``, ``KL = p_t log(p_t / q_t) + (1 - p_t) log((1 - p_t) / (1 - q_t))``, averaged over labels and images. The
+task loss there is the BCE of the known labels; the KL covers unknown (NaN) labels too, where the teacher is
+the only signal.
+
+The ``t^2`` factor keeps the gradient scale of the soft term independent of ``t``. MedAlmighty's paper writes
+the KL with its arguments swapped and a minus sign; medadapt implements the standard form above, which is
+non-negative and zero only when the student matches the teacher (PyTorch's ``kl_div(log q, log p)``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..tasks import check_task
+
+__all__ = ["kd_loss", "distillation_loss", "check_alpha_temperature"]
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, task: str, temperature: float) -> torch.Tensor:
+    """``t^2 * KL(teacher_t || student_t)`` on logits ``[B, C]``, averaged over the batch (and labels).
+
+    Example:
+        >>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+        >>> float(kd_loss(s, t, task="binary", temperature=2.0))
+        0.0
+    """
+    check_task(task)
+    if student.shape != teacher.shape:
+        raise ConfigError(
+            f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ: the "
+            "teacher must be trained on the same classes as the student"
+        )
+    t = float(temperature)
+    s, z = student.float() / t, teacher.float().detach() / t
+    if task == "multilabel":
+        # log-sigmoid forms are stable for large logits: log(1 - sigmoid(x)) = logsigmoid(-x)
+        log_p, log_1p = F.logsigmoid(z), F.logsigmoid(-z)
+        log_q, log_1q = F.logsigmoid(s), F.logsigmoid(-s)
+        kl = log_p.exp() * (log_p - log_q) + log_1p.exp() * (log_1p - log_1q)
+        return kl.mean() * t * t
+    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(z, dim=-1), log_target=True, reduction="batchmean")
+    return kl * t * t
+
+
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    task_loss: torch.Tensor,
+    *,
+    task: str,
+    alpha: float,
+    temperature: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``alpha * task_loss + (1 - alpha) * kd_loss``; returns the total and ``{"task_loss", "kd_loss"}``."""
+    kd = kd_loss(student, teacher, task=task, temperature=temperature)
+    return alpha * task_loss + (1.0 - alpha) * kd, {"task_loss": task_loss.detach(), "kd_loss": kd.detach()}
+
+
+def check_alpha_temperature(alpha: float, temperature: float) -> None:
+    """Clear errors for values outside ``0 <= alpha <= 1`` and ``t > 0``."""
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1] (the weight of the label loss), got {alpha!r}")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"--temperature must be positive (1 = the plain softmax), got {temperature!r}")

@@ -1,0 +1,168 @@
+"""``medadapt distill``: teacher, student alone and distilled student(s), side by side over seeds.
+
+For every seed: the teacher's val / test metrics (from its cached logits), then each arm, trained by the
+fine-tuning loop in ``out/ARM/seedS/``: ``student`` (labels only) and one distilled arm per ``(t, alpha)``
+(``distill-t2-a0.2``). Afterwards the run writes ``comparison.md`` (teacher / student / distilled, mean ±
+std, paired test across seeds), ``ablation.csv`` and its heatmap when a grid ran, and the figures (t-SNE,
+Grad-CAM); ``outputs.json`` lists every file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._io import atomic_write
+from ..config import DistillConfig
+from ..data.base import MedicalDataset
+from ..evaluation.metrics import compute_metrics
+from ..reporting.results import results_rows, save_predictions, write_results
+from ..training.probe import to_scores
+from .objective import DistillObjective
+from .teacher import Teacher
+
+__all__ = ["distill", "arm_name"]
+
+log = logging.getLogger(__name__)
+
+STUDENT, TEACHER = "student", "teacher"
+
+
+def arm_name(temperature: float, alpha: float) -> str:
+    return f"distill-t{temperature:g}-a{alpha:g}"
+
+
+def distill(
+    config: DistillConfig | None = None, /, *, show_progress: bool = False, **kwargs: Any
+) -> pd.DataFrame:
+    """Distil ``teacher`` into the student ``backbone``; returns this run's rows of the results table.
+
+    Example:
+        >>> medadapt.distill(dataset="medmnist:breastmnist", teacher=["runs/v2_breast"],
+        ...                  backbone="timm:resnet18", pretrained=False, seeds=[0, 1, 2])  # doctest: +SKIP
+    """
+    from ..api import _finetune_one, _start_run
+
+    cfg = replace(config, **kwargs) if config is not None else DistillConfig(**kwargs)
+    out, device, splits, img_size = _start_run(cfg)
+    arms: list[tuple[str, tuple[float, float] | None]] = [(STUDENT, None)] if cfg.baseline else []
+    arms += [(arm_name(t, a), (t, a)) for t, a in cfg.grid()]
+    augmented = cfg.train.get("augment", "none") != "none"
+    teachers: dict[Any, tuple[Teacher, dict[str, tuple[torch.Tensor, np.ndarray]]]] = {}
+    frames = []
+    for seed in cfg.seeds:
+        teacher, logits = _teacher_for_seed(cfg, seed, splits, out, device, teachers, show_progress)
+        rows = _teacher_rows(cfg, teacher, logits, splits, seed=seed, out=out)
+        for name, setting in arms:
+            if setting is None:
+                objective = None
+            else:
+                t, a = setting
+                source = {"teacher": teacher} if augmented else {"cached": logits["train"][0]}
+                objective = DistillObjective(task=teacher.task, alpha=a, temperature=t, autocast=cfg.autocast,
+                                             **source)  # fmt: skip
+            arm_rows = _finetune_one(cfg, splits, name=name, seed=seed, img_size=img_size, device=device,
+                                     run_dir=out / name / f"seed{seed}", show_progress=show_progress,
+                                     objective=objective)  # fmt: skip
+            t, a = setting if setting is not None else (None, 1.0)
+            rows += [{**r, "temperature": t, "alpha": a} for r in arm_rows]
+        write_results(rows, out / "results.csv")  # after every seed: finished seeds survive a later failure
+        frames.append(pd.DataFrame(rows))
+    table = pd.concat(frames, ignore_index=True)
+    from .report import write_report
+
+    write_report(cfg, table, out, splits=splits, teacher_of=lambda s: teachers[_teacher_key(cfg, s)],
+                 device=device)  # fmt: skip
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+def _teacher_key(cfg: DistillConfig, seed: int) -> Any:
+    """Saved teachers are one (ensemble) model for every seed; a backbone teacher's probe is trained per seed."""
+    return seed if _is_backbone_address(cfg) else "saved"
+
+
+def _is_backbone_address(cfg: DistillConfig) -> bool:
+    first = cfg.teacher[0]
+    return len(cfg.teacher) == 1 and not Path(first).expanduser().exists() and ":" in first
+
+
+def _teacher_for_seed(cfg, seed, splits, out, device, teachers, show_progress):
+    key = _teacher_key(cfg, seed)
+    if key not in teachers:
+        if _is_backbone_address(cfg):
+            paths = [_train_probe_teacher(cfg, seed, out, show_progress)]
+        else:
+            paths = cfg.teacher
+        teacher = Teacher.from_paths(paths)
+        teacher.check_dataset(splits["train"])
+        log.info("teacher for seed %d: %s", seed, teacher.describe())
+        logits = {
+            split: teacher.dataset_logits(
+                ds, cache_dir=cfg.cache_dir, device=device, autocast=cfg.autocast, num_workers=cfg.num_workers
+            )  # fmt: skip
+            for split, ds in splits.items()
+        }
+        teacher.to("cpu")
+        teachers[key] = (teacher, logits)
+    return teachers[key]
+
+
+def _train_probe_teacher(cfg: DistillConfig, seed: int, out: Path, show_progress: bool) -> Path:
+    """Frozen backbone + linear probe (the MedAlmighty teacher), trained by ``medadapt probe`` into ``out/teacher``."""
+    from ..api import probe
+    from ..config import ProbeConfig
+
+    where = out / TEACHER
+    model_dir = where / "models" / f"seed{seed}"
+    if not (model_dir / "model.json").is_file():
+        probe(
+            ProbeConfig(
+                dataset=cfg.dataset,
+                backbone=cfg.teacher[0],
+                out=str(where),
+                head="linear",
+                size=cfg.size,
+                img_size=cfg.teacher_img_size or cfg.img_size,
+                resize_mode=cfg.resize_mode,
+                interpolation=cfg.interpolation,
+                channel_mode=cfg.teacher_channel_mode,
+                pretrained=cfg.teacher_pretrained,
+                weights=cfg.teacher_weights,
+                seeds=[seed],
+                device=cfg.device,
+                autocast=cfg.autocast,
+                data_root=cfg.data_root,
+                num_workers=cfg.num_workers,
+                skip_bad_rows=cfg.skip_bad_rows,
+                cache_dir=cfg.cache_dir,
+            ),
+            show_progress=show_progress,
+        )
+    return model_dir
+
+
+def _teacher_rows(cfg, teacher: Teacher, logits, splits: dict[str, MedicalDataset], *, seed: int, out: Path):
+    """The teacher's val / test metrics (scores from its cached logits), saved predictions included."""
+    rows: list[dict[str, Any]] = []
+    ids = dict(run=TEACHER, dataset=cfg.dataset, backbone=teacher.describe(), strategy="frozen",
+               head=teacher.members[0].info.head, seed=seed, fold=None, temperature=None, alpha=None,
+               selected=";".join(m.source for m in teacher.members))  # fmt: skip
+    for split in ("val", "test"):
+        ds = splits[split]
+        scores = to_scores(teacher.task, logits[split][0]).numpy()
+        save_predictions(out / TEACHER / f"seed{seed}", split, labels=ds.labels, scores=scores)
+        rows += results_rows(metrics=compute_metrics(teacher.task, ds.labels, scores), split=split, **ids)
+    return rows
+
+
+def write_outputs(out: Path, files: dict[str, list[str]]) -> Path:
+    """``outputs.json``: the run's tables and figures, relative to ``out``."""
+    return atomic_write(out / "outputs.json", json.dumps(files, indent=2))
