@@ -228,3 +228,14 @@ def test_environment_info_imports_no_heavy_packages() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_write_results_replace_drops_the_rows_a_resumed_run_repeats(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    write_results(results_rows(metrics={"auc": 0.5}, split="test", run="a", seed=0), path)
+    write_results(results_rows(metrics={"auc": 0.6}, split="test", run="a", seed=1), path)
+    write_results(
+        results_rows(metrics={"auc": 0.7}, split="test", run="a", seed=0), path, replace=("run", "seed")
+    )
+    table = read_results(path).sort_values("seed")
+    assert list(table["seed"]) == [0, 1] and list(table["value"]) == [0.7, 0.6]

@@ -255,7 +255,7 @@ def finetune(
             run_dir = out / name / f"seed{seed}"
             rows = _finetune_one(arm, splits, name=name, seed=seed, img_size=img_size, device=device,
                                  run_dir=run_dir, show_progress=show_progress)  # fmt: skip
-            write_results(rows, out / "results.csv")
+            write_results(rows, out / "results.csv", replace=("run", "seed"))  # a resumed run: no repeats
             frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)
 

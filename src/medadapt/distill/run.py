@@ -73,7 +73,9 @@ def distill(
                                      objective=objective)  # fmt: skip
             t, a = setting if setting is not None else (None, 1.0)
             rows += [{**r, "temperature": t, "alpha": a} for r in arm_rows]
-        write_results(rows, out / "results.csv")  # after every seed: finished seeds survive a later failure
+        write_results(
+            rows, out / "results.csv", replace=("run", "seed")
+        )  # after every seed: finished seeds survive a later failure
         frames.append(pd.DataFrame(rows))
     table = pd.concat(frames, ignore_index=True)
     from .report import write_report

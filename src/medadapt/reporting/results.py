@@ -18,7 +18,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,20 +168,26 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=[*RESULT_COLUMNS, *extras])
 
 
-def write_results(rows: Iterable[Mapping[str, Any]], path: StrPath) -> Path:
+def write_results(rows: Iterable[Mapping[str, Any]], path: StrPath, *, replace: Sequence[str] = ()) -> Path:
     """Append ``rows`` to the results table at ``path`` (a CSV file, or a folder holding ``results.csv``).
 
-    An existing table keeps its rows; columns are the union, standard ones first. The file is rewritten
-    atomically under a folder lock, so concurrent runs writing one table do not lose rows.
+    An existing table keeps its rows, except those that equal a new row on every ``replace`` column (e.g.
+    ``("run", "seed")``: a resumed run replaces its earlier rows instead of repeating them); columns are the
+    union, standard ones first. The file is rewritten atomically under a folder lock, so concurrent runs
+    writing one table do not lose rows.
     """
     path = _results_path(path)
     new = pd.DataFrame([dict(r) for r in rows])
-    missing = [c for c in ("metric", "value") if len(new) and c not in new.columns]
+    missing = [c for c in ("metric", "value", *replace) if len(new) and c not in new.columns]
     if missing:
         raise ConfigError(f"result rows lack the {missing} columns; build them with results_rows()")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _dir_lock(path.parent):
         old = read_results(path) if path.exists() else new.iloc[:0]
+        if replace and len(old) and len(new):
+            keys = {tuple(str(v) for v in k) for k in new[list(replace)].itertuples(index=False)}
+            stale = [tuple(str(v) for v in k) in keys for k in old[list(replace)].itertuples(index=False)]
+            old = old[~np.asarray(stale, dtype=bool)]
         frames = [t for t in (old, new) if len(t)]
         table = pd.concat(frames, ignore_index=True) if frames else new
         atomic_write(path, _ordered(table).to_csv(index=False))
