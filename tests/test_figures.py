@@ -188,3 +188,10 @@ def test_heatmap_all_nan_and_non_numeric(tmp_path: Path) -> None:
     _assert_png(path, figures.plot_heatmap(empty, path, title="t", xlabel="x", ylabel="y"))
     with pytest.raises(ConfigError, match="numeric"):
         figures.plot_heatmap(pd.DataFrame([["a"]]), tmp_path / "s.png", title="t", xlabel="x", ylabel="y")
+
+
+def test_gradcam_falls_back_to_a_block_with_a_spatial_map_on_small_inputs() -> None:
+    model, prep = _classifier("timm:resnet18", 32, 1)  # stride 32: the default layer4 map is 1x1 here
+    maps = figures.gradcam_maps(model, _images(3, 1), preprocess=prep)
+    assert maps.shape == (3, 32, 32)
+    assert all(m.std() > 0 for m in maps)  # not flat: an earlier block (layer3, 2x2) was used

@@ -360,6 +360,8 @@ def gradcam_maps(
     maps = []
     with _eval_without_weight_grads(model):
         x = preprocess(images.to(device)).detach()
+        if target_layer is None:
+            layer = _with_spatial_map(model, layer, x[:1])
         reshape = reshape_transform or _token_map(_feature_grid(model, x[:1]))
         cam = gradcam.GradCAM(model=model, target_layers=[layer], reshape_transform=reshape)
         try:
@@ -376,6 +378,39 @@ def gradcam_maps(
     return _to_image_size(
         np.concatenate(maps), tuple(images.shape[-2:]), getattr(preprocess, "mode", "resize")
     )
+
+
+def _with_spatial_map(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``layer``, or, when its map is 1x1 at this input size (a CNN at stride 32 on small images), the last
+    earlier block of the backbone whose map is larger: a 1x1 map makes every Grad-CAM flat."""
+    root = getattr(model, "backbone", model)
+    parents = []
+    for name, m in root.named_modules():
+        if isinstance(m, nn.Conv2d):
+            parent = root.get_submodule(name.rpartition(".")[0])
+            if parent is not root and all(parent is not p for p in parents):
+                parents.append(parent)
+    if all(p is not layer for p in parents):
+        return layer  # a transformer's norm layer: its token grid is what it is
+    sizes: dict[int, int] = {}
+    hooks = [p.register_forward_hook(lambda m, i, o: sizes.__setitem__(id(m), _cells(o))) for p in parents]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if sizes.get(id(layer), 2) > 1:
+        return layer
+    larger = [p for p in parents if sizes.get(id(p), 0) > 1]
+    if larger:
+        log.info("Grad-CAM: the default layer's map is 1x1 at this input size; using the last larger block")
+        return larger[-1]
+    return layer
+
+
+def _cells(output: Any) -> int:
+    return int(output.shape[-2:].numel()) if isinstance(output, torch.Tensor) and output.ndim == 4 else 0
 
 
 def _warn_if_one_cell(activations: list[torch.Tensor]) -> None:
