@@ -9,6 +9,7 @@ Grad-CAM); ``outputs.json`` lists every file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import replace
@@ -120,34 +121,16 @@ def _teacher_for_seed(cfg, seed, splits, out, device, teachers, show_progress):
 def _train_probe_teacher(cfg: DistillConfig, seed: int, out: Path, show_progress: bool) -> Path:
     """Frozen backbone + linear probe (the MedAlmighty teacher), trained by ``medadapt probe`` into ``out/teacher``."""
     from ..api import probe
-    from ..config import ProbeConfig
+    from ..config import ProbeConfig, RunConfig
 
     where = out / TEACHER
     model_dir = where / "models" / f"seed{seed}"
     if not (model_dir / "model.json").is_file():
-        probe(
-            ProbeConfig(
-                dataset=cfg.dataset,
-                backbone=cfg.teacher[0],
-                out=str(where),
-                head="linear",
-                size=cfg.size,
-                img_size=cfg.teacher_img_size or cfg.img_size,
-                resize_mode=cfg.resize_mode,
-                interpolation=cfg.interpolation,
-                channel_mode=cfg.teacher_channel_mode,
-                pretrained=cfg.teacher_pretrained,
-                weights=cfg.teacher_weights,
-                seeds=[seed],
-                device=cfg.device,
-                autocast=cfg.autocast,
-                data_root=cfg.data_root,
-                num_workers=cfg.num_workers,
-                skip_bad_rows=cfg.skip_bad_rows,
-                cache_dir=cfg.cache_dir,
-            ),
-            show_progress=show_progress,
-        )
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)}  # data, device, ...
+        teacher = dict(backbone=cfg.teacher[0], out=str(where), head="linear", head_kwargs={}, seeds=[seed],
+                       img_size=cfg.teacher_img_size or cfg.img_size, channel_mode=cfg.teacher_channel_mode,
+                       pretrained=cfg.teacher_pretrained, weights=cfg.teacher_weights)  # fmt: skip
+        probe(ProbeConfig(**{**shared, **teacher}, cache_dir=cfg.cache_dir), show_progress=show_progress)
     return model_dir
 
 
