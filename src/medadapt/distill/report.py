@@ -112,7 +112,7 @@ def write_report(
         tests.to_csv(out / "paired_test.csv", index=False)
         files["tables"].append("paired_test.csv")
     if len(cfg.grid()) > 1:
-        files["tables"].append("ablation.csv")
+        files["tables"] += ["ablation.csv", "ablation.md"]
         _ablation(table, out, files, figures=cfg.figures)
     if cfg.figures:
         try:
@@ -127,12 +127,18 @@ def _ablation(table: pd.DataFrame, out: Path, files: dict[str, list[str]], *, fi
     val, test = ablation_table(table, split="val"), ablation_table(table, split="test")
     long = val.stack().rename("val_auc").to_frame().join(test.stack().rename("test_auc"))
     long.reset_index().to_csv(out / "ablation.csv", index=False)
+    text = "".join(
+        f"### Distillation ablation: mean {name} AUC over seeds (rows t, columns alpha)\n\n"
+        f"{grid.to_markdown(floatfmt='.3f')}\n\n"
+        for name, grid in (("val", val), ("test", test))
+    )
+    atomic_write(out / "ablation.md", text + "Select on val; test is shown, not used to choose.\n")
     if figures:
         from ..reporting.figures import plot_heatmap
 
         for name, grid in (("val", val), ("test", test)):
             path = out / "figures" / f"ablation_{name}_auc.png"
-            plot_heatmap(grid, path, title=f"Distillation ablation: mean {name} AUC over seeds",
+            plot_heatmap(grid, path, title=f"KD ablation: mean {name} AUC",
                          xlabel="alpha (weight of the label loss)", ylabel="temperature t")  # fmt: skip
             files["figures"].append(str(path.relative_to(out)))
 
