@@ -24,7 +24,7 @@ from .._io import atomic_write
 from ..config import DistillConfig
 from ..data.base import MedicalDataset
 from ..evaluation.metrics import compute_metrics
-from ..reporting.results import results_rows, save_predictions, write_results
+from ..reporting.results import read_results, results_rows, save_predictions, write_results
 from ..training.probe import to_scores
 from .objective import DistillObjective
 from .teacher import Teacher
@@ -74,15 +74,15 @@ def distill(
                                      objective=objective)  # fmt: skip
             t, a = setting if setting is not None else (None, 1.0)
             rows += [{**r, "temperature": t, "alpha": a} for r in arm_rows]
-        write_results(
-            rows, out / "results.csv", replace=("run", "seed")
-        )  # after every seed: finished seeds survive a later failure
+            # after every arm, so finished runs survive a later failure; a resumed run replaces its rows
+            write_results(rows, out / "results.csv", replace=("run", "seed"))
         frames.append(pd.DataFrame(rows))
     table = pd.concat(frames, ignore_index=True)
     from .report import write_report
 
-    write_report(cfg, table, out, splits=splits, teacher_of=lambda s: teachers[_teacher_key(cfg, s)],
-                 device=device)  # fmt: skip
+    # the report covers every seed in out/results.csv, so runs of separate seeds into one --out add up
+    write_report(cfg, read_results(out / "results.csv"), out, splits=splits,
+                 teacher_of=lambda s: teachers[_teacher_key(cfg, s)], device=device)  # fmt: skip
     return table
 
 
