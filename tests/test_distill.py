@@ -264,12 +264,13 @@ def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch):
     assert main(ft) == 0
     assert len(find_saved(tmp_path / "teacher")) == 2  # one saved model per seed
     out = tmp_path / "out"
-    assert (
-        main(_distill(tmp_path, "--teacher", str(tmp_path / "teacher"), "--no-figures", "--out", str(out)))
-        == 0
-    )
+    for seed in ("0", "1"):  # seeds run separately (e.g. in parallel) into one --out add up in the report
+        args = _distill(tmp_path, "--teacher", str(tmp_path / "teacher"), "--no-figures", "--seeds", seed)
+        assert main([*args, "--out", str(out)]) == 0
     table = pd.read_csv(out / "results.csv")
     assert "ensemble of 2" in table.query("run == 'teacher'")["backbone"].iloc[0]
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert list(comparison["seeds"]) == [2, 2, 2]
 
 
 @pytest.mark.parametrize(
