@@ -97,4 +97,4 @@ def test_medmnist_v2_preset_is_the_official_protocol():
     assert p["backbone"] == "resnet18_28" and p["strategy"] == "scratch" and p["channel_mode"] == "repeat"
     assert p["train"] == {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 100,
                           "schedule": "multistep", "milestones": [50, 75], "gamma": 0.1, "augment": "none",
-                          "select_on": "val_auc"}  # fmt: skip
+                          "select_on": "val_auc_first"}  # fmt: skip

@@ -241,6 +241,13 @@ def test_selection_restores_the_best_epoch_and_breaks_ties_on_loss(monkeypatch):
     assert not states_equal(snapshots[3], snapshots[4])
 
 
+def test_official_medmnist_rule_keeps_the_first_epoch_of_the_highest_auc(monkeypatch):
+    scripted(monkeypatch, [0.6, 0.8, 0.8, 0.7], [1.0, 0.9, 0.8, 0.1])
+    res = fit(make_model(), Full(), SquareDataset(), SquareDataset(32, 1, "val"),
+              cfg=cfg(epochs=4, select_on="val_auc_first"), preprocess=PREP)  # fmt: skip
+    assert res.best_epoch == 2 and res.best_val_loss == 0.9  # val_auc would take epoch 3 (lower loss)
+
+
 def test_class_weights():
     w = class_weights("binary", np.array([[0], [0], [0], [1]]), 2)
     assert w.tolist() == pytest.approx([4 / 6, 2.0])

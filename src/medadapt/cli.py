@@ -87,7 +87,9 @@ _TRAIN_FLAGS = {
     ),
     "early_stop": dict(help="val_auc or val_loss"),
     "patience": dict(type=int),
-    "select_on": dict(help="val_auc (default) or last"),
+    "select_on": dict(
+        help="val_auc (default; ties: lower loss), val_auc_first (official MedMNIST), val_loss or last"
+    ),
     "augment": dict(help="none, light or natural"),
     "eval_every": dict(type=int),
 }

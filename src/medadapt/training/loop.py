@@ -341,11 +341,15 @@ def predict(
 
 
 def selection_key(record: dict[str, Any], select_on: str) -> tuple[float, ...]:
-    """Higher is better: AUC then lower loss (``val_auc``), lower loss (``val_loss``) or later (``last``)."""
+    """Higher is better: AUC then lower loss (``val_auc``), AUC alone (``val_auc_first``: with the strict ``>``
+    of the caller, the first epoch of the highest AUC wins, as in the official MedMNIST code), lower loss
+    (``val_loss``) or later (``last``)."""
     auc, loss = record["val_auc"], record["val_loss"]
     neg_loss = -loss if math.isfinite(loss) else -math.inf
     if select_on == "val_auc":
         return (auc if math.isfinite(auc) else -math.inf, neg_loss)
+    if select_on == "val_auc_first":
+        return (auc if math.isfinite(auc) else -math.inf,)
     return (neg_loss,) if select_on == "val_loss" else (record["epoch"],)
 
 
