@@ -127,3 +127,26 @@ def test_state_digest_handles_scalar_buffers():
     before = cache_mod.state_digest(bn)
     bn.num_batches_tracked += 1
     assert cache_mod.state_digest(bn) != before
+
+
+def test_parallel_runs_needing_the_same_features_take_turns(setup, tmp_path):
+    """Two runs (here threads; processes alike: flock) extracting one entry at once: one writes, both read it."""
+    import threading
+
+    bb, pre, ds = setup
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=2, autocast=False))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 2
+    np.testing.assert_array_equal(results[0].embeddings, results[1].embeddings)
+    assert not list(tmp_path.glob("*.partial"))

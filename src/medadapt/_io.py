@@ -1,4 +1,4 @@
-"""Atomic file writes shared by every stage that persists results, caches or checkpoints."""
+"""Atomic file writes and an inter-process lock, shared by every stage that persists results, caches or checkpoints."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "exclusive_lock"]
 
 StrPath = str | os.PathLike
 
@@ -55,3 +55,25 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: StrPath) -> Iterator[None]:
+    """Hold an exclusive advisory lock (POSIX ``flock``) on ``path``: a directory, or a lock file made if missing.
+
+    Processes that share an output folder or a cache (seeds run in parallel) take turns in the locked
+    section. Without ``fcntl`` (Windows) or on file systems without ``flock`` it runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    p = Path(path)
+    fd = os.open(p, os.O_RDONLY) if p.is_dir() else os.open(p, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

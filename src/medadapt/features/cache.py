@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from .._device import autocast_context
-from .._io import atomic_write
+from .._io import atomic_write, exclusive_lock
 from ..backbones.base import Backbone
 from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, make_loader
@@ -107,6 +107,21 @@ def extract_features(
     if cached is not None:
         log.info("feature cache hit %s (%s %s)", key, dataset.name, dataset.split)
         return cached
+    root.mkdir(parents=True, exist_ok=True)
+    # one writer per entry: runs in parallel (e.g. one per seed) that need the same features take turns,
+    # and the later ones read what the first wrote
+    with exclusive_lock(root / f"{key}.lock"):
+        cached = _open_entry(final, need_tokens=with_tokens)
+        if cached is not None:
+            return cached
+        return _write_entry(root, key, backbone, dataset, preprocess, with_tokens=with_tokens,
+                            batch_size=batch_size, device=device, autocast=autocast, num_workers=num_workers,
+                            progress=progress)  # fmt: skip
+
+
+def _write_entry(root: Path, key: str, backbone, dataset, preprocess, *, with_tokens, batch_size, device,
+                 autocast, num_workers, progress) -> FeatureSet:  # fmt: skip
+    final = root / key
     _extract_into(
         root / f"{key}.partial",
         backbone,

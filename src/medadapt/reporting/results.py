@@ -18,7 +18,7 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from numpy.typing import ArrayLike
 
-from .._io import atomic_write
+from .._io import atomic_write, exclusive_lock
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -76,23 +76,6 @@ StrPath = str | os.PathLike
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
-@contextlib.contextmanager
-def _dir_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` so concurrent runs do not lose each other's rows (POSIX)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # file systems without flock: go on unlocked
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def _plain(obj: Any) -> Any:
     """Turn numpy values, paths, dataclasses and tuples into JSON/YAML types; anything else becomes str."""
     if isinstance(obj, Mapping):
@@ -182,7 +165,7 @@ def write_results(rows: Iterable[Mapping[str, Any]], path: StrPath, *, replace: 
     if missing:
         raise ConfigError(f"result rows lack the {missing} columns; build them with results_rows()")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _dir_lock(path.parent):
+    with exclusive_lock(path.parent):
         old = read_results(path) if path.exists() else new.iloc[:0]
         if replace and len(old) and len(new):
             keys = {tuple(str(v) for v in k) for k in new[list(replace)].itertuples(index=False)}
