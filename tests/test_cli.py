@@ -47,10 +47,10 @@ def test_probe_writes_tidy_results_predictions_config_env(env, capsys):
 
 def test_second_identical_run_uses_the_feature_cache(env):
     assert main(_probe(env, "--out", str(env / "a"))) == 0
-    entries = sorted(p.name for p in (env / "cache").iterdir())
-    assert len(entries) == 3  # train, val, test
+    entries = sorted(p.name for p in (env / "cache").iterdir() if not p.name.startswith("."))
+    assert len(entries) == 3  # train, val, test (and the hidden .locks folder)
     assert main(_probe(env, "--out", str(env / "b"))) == 0
-    assert sorted(p.name for p in (env / "cache").iterdir()) == entries
+    assert sorted(p.name for p in (env / "cache").iterdir() if not p.name.startswith(".")) == entries
     a, b = (pd.read_csv(env / d / "results.csv").query("split == 'test'") for d in "ab")
     np.testing.assert_array_equal(a["value"].to_numpy(), b["value"].to_numpy())  # seeded: same numbers
 

@@ -90,7 +90,7 @@ def test_key_changes_with_what_determines_features(setup, tmp_path):
 def test_corrupt_entry_is_rebuilt(setup, tmp_path, caplog):
     bb, pre, ds = setup
     good = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)
-    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     (entry / "embeddings.npy").write_bytes(b"\x93NUMPY truncated")
     again = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)
     np.testing.assert_array_equal(good.embeddings, again.embeddings)

@@ -107,10 +107,10 @@ def extract_features(
     if cached is not None:
         log.info("feature cache hit %s (%s %s)", key, dataset.name, dataset.split)
         return cached
-    root.mkdir(parents=True, exist_ok=True)
+    (root / ".locks").mkdir(parents=True, exist_ok=True)
     # one writer per entry: runs in parallel (e.g. one per seed) that need the same features take turns,
-    # and the later ones read what the first wrote
-    with exclusive_lock(root / f"{key}.lock"):
+    # and the later ones read what the first wrote (lock files are kept: removing one races a waiter)
+    with exclusive_lock(root / ".locks" / key):
         cached = _open_entry(final, need_tokens=with_tokens)
         if cached is not None:
             return cached
