@@ -58,7 +58,9 @@ class Prefix(MedicalDataset):
         return self.base.image(i)
 
 
-def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "breastmnist") -> None:
+def add_data_args(
+    parser: argparse.ArgumentParser, *, dataset: str = "breastmnist", train_limit: bool = False
+) -> None:
     parser.add_argument(
         "--dataset",
         default=dataset,
@@ -69,6 +71,10 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "breastmnis
         default=os.environ.get("MEDADAPT_DATA"),
         help="folder holding the MedMNIST .npz files (default: $MEDADAPT_DATA)",
     )
+    if train_limit:
+        parser.add_argument(
+            "--limit", type=int, default=0, help="first N train images; 0 = all (default: %(default)s)"
+        )
 
 
 def load_split(

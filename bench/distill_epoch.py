@@ -39,10 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_data_args(parser)
-    parser.add_argument(
-        "--limit", type=int, default=0, help="first N train images; 0 = all (default: %(default)s)"
-    )
+    add_data_args(parser, train_limit=True)
     parser.add_argument("--student", default="timm:resnet18", help="student backbone (default: %(default)s)")
     parser.add_argument(
         "--teacher",
