@@ -68,13 +68,7 @@ def build_model(
             address, pretrained=False, img_size=img_size, data_chans=data_chans, channel_mode=channel_mode
         )
         model = build_classifier(backbone, "linear", num_outputs)
-    preprocess = Preprocess(
-        size=(img_size, img_size),
-        interpolation=interpolation,
-        mean=backbone.spec.mean,
-        std=backbone.spec.std,
-        repeat_channels=backbone.spec.channel_mode == "repeat",
-    )
+    preprocess = Preprocess.for_backbone(backbone.spec, (img_size, img_size), interpolation=interpolation)
     return model, backbone, preprocess
 
 

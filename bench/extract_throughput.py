@@ -279,12 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     address, pretrained=False, img_size=args.img_size, data_chans=dataset.n_channels
                 )
             backbone = backbone.eval().to(args.device)
-            preprocess = Preprocess(
-                size=(args.img_size, args.img_size),
-                mean=backbone.spec.mean,
-                std=backbone.spec.std,
-                repeat_channels=backbone.spec.channel_mode == "repeat",
-            )
+            preprocess = Preprocess.for_backbone(backbone.spec, (args.img_size, args.img_size))
             for with_tokens in token_modes:
                 row = bench_row(
                     backbone,

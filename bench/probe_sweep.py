@@ -245,12 +245,7 @@ def build(args) -> tuple[Backbone, MedicalDataset, MedicalDataset, Preprocess]:
             args.backbone, pretrained=False, img_size=args.img_size, data_chans=train.n_channels
         )
     backbone = backbone.eval().to(args.device)
-    preprocess = Preprocess(
-        size=(args.img_size, args.img_size),
-        mean=backbone.spec.mean,
-        std=backbone.spec.std,
-        repeat_channels=backbone.spec.channel_mode == "repeat",
-    )
+    preprocess = Preprocess.for_backbone(backbone.spec, (args.img_size, args.img_size))
     return backbone, train, val, preprocess
 
 

@@ -177,3 +177,15 @@ def test_make_loader_validates():
     with pytest.raises(ConfigError, match="--num-workers"):
         make_loader(TinyDataset(), batch_size=2, num_workers=-1)
     assert make_loader(TinyDataset(), batch_size=2, pin_memory=False).pin_memory is False
+
+
+def test_preprocess_for_backbone_takes_the_specs_statistics_and_channel_copy():
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), channel_mode="repeat")
+    prep = Preprocess.for_backbone(spec, 32, interpolation="nearest")
+    assert prep == Preprocess(size=(32, 32), interpolation="nearest", mean=spec.mean, std=spec.std,
+                              repeat_channels=True)  # fmt: skip
+    assert not Preprocess.for_backbone(
+        SimpleNamespace(mean=None, std=None, channel_mode="sum"), 8
+    ).repeat_channels

@@ -194,13 +194,8 @@ def _model_info(cfg: RunConfig, model, train: MedicalDataset, preprocess: Prepro
 
 def _preprocess(cfg: RunConfig, backbone, img_size: int) -> Preprocess:
     """Preprocessing derived from the backbone's spec, never restated by hand."""
-    return Preprocess(
-        size=(img_size, img_size),
-        mode=cfg.resize_mode,
-        interpolation=cfg.interpolation,
-        mean=backbone.spec.mean,
-        std=backbone.spec.std,
-        repeat_channels=backbone.spec.channel_mode == "repeat",
+    return Preprocess.for_backbone(
+        backbone.spec, (img_size, img_size), mode=cfg.resize_mode, interpolation=cfg.interpolation
     )
 
 

@@ -107,6 +107,16 @@ class Preprocess:
         if min(self.std) <= 0:
             raise ConfigError(f"std {self.std} must be positive")
 
+    @classmethod
+    def for_backbone(cls, spec: Any, size: int | Sequence[int], **kwargs: Any) -> Preprocess:
+        """The preprocessing a backbone with ``spec`` (its ``mean``, ``std``, ``channel_mode``) needs at ``size``.
+
+        ``kwargs`` are the other fields (``mode``, ``interpolation``). Deriving it here keeps the statistics
+        and the gray-to-RGB copy from being restated by hand wherever a model is run.
+        """
+        return cls(size=size, mean=spec.mean, std=spec.std, repeat_channels=spec.channel_mode == "repeat",
+                   **kwargs)  # fmt: skip
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = _to_unit_float(images)
         if self.mode == "pad":
