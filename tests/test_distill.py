@@ -286,3 +286,15 @@ def test_distill_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys,
     assert main(_distill(tmp_path, "--out", str(tmp_path / "out"), *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_catalogue_alias_is_a_backbone_teacher_and_a_missing_path_is_not(tmp_path):
+    from medadapt.config import DistillConfig
+    from medadapt.distill.run import _is_backbone_address
+
+    def is_backbone(*teacher):
+        return _is_backbone_address(DistillConfig(dataset="medmnist:breastmnist", teacher=list(teacher)))
+
+    assert is_backbone("dinov2_vitb14") and is_backbone(TINY_VIT)
+    assert not is_backbone(str(tmp_path / "no_such_run")) and not is_backbone(str(tmp_path))
+    assert not is_backbone(TINY_VIT, TINY_VIT)  # several teachers: saved runs to ensemble

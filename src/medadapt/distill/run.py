@@ -93,8 +93,13 @@ def _teacher_key(cfg: DistillConfig, seed: int) -> Any:
 
 
 def _is_backbone_address(cfg: DistillConfig) -> bool:
+    """One teacher that is no existing path but a backbone address (``timm:...``) or catalogue alias."""
+    from ..backbones._factory import resolve_alias
+
     first = cfg.teacher[0]
-    return len(cfg.teacher) == 1 and not Path(first).expanduser().exists() and ":" in first
+    if len(cfg.teacher) != 1 or Path(first).expanduser().exists():
+        return False
+    return ":" in first or resolve_alias(first) != first
 
 
 def _teacher_for_seed(cfg, seed, splits, out, device, teachers, show_progress):
