@@ -26,6 +26,7 @@ from medadapt.reporting import (
     save_predictions,
     write_json,
     write_results,
+    write_run_config,
     write_yaml,
 )
 from medadapt.reporting import results as R
@@ -239,3 +240,16 @@ def test_write_results_replace_drops_the_rows_a_resumed_run_repeats(tmp_path: Pa
     )
     table = read_results(path).sort_values("seed")
     assert list(table["seed"]) == [0, 1] and list(table["value"]) == [0.7, 0.6]
+
+
+def test_run_config_gathers_the_seeds_of_parallel_invocations(tmp_path: Path, caplog) -> None:
+    base = {"dataset": "d", "seeds": [1], "resume": True, "train": {"lr": 0.001}}
+    write_run_config(base, tmp_path)
+    written = write_run_config({**base, "seeds": [0], "resume": False}, tmp_path)
+    assert written["seeds"] == [0, 1]
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [0, 1]
+    # another config in the same folder replaces it, with a warning naming what differs
+    with caplog.at_level("WARNING"):
+        write_run_config({**base, "seeds": [2], "train": {"lr": 0.01}}, tmp_path)
+    assert "['train']" in caplog.text
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [2]

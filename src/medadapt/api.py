@@ -32,7 +32,7 @@ from .reporting.results import (
     save_predictions,
     write_json,
     write_results,
-    write_yaml,
+    write_run_config,
 )
 from .saved import ModelInfo, save_classifier
 from .strategies import build_classifier
@@ -77,8 +77,8 @@ def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDat
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
     img_size = _image_size(cfg, splits["train"])
-    write_yaml({**cfg.to_dict(), "img_size": img_size}, out / "config.yaml")
-    write_json(environment_info(seed=cfg.seeds, device=str(device)), out / "env.json")
+    written = write_run_config({**cfg.to_dict(), "img_size": img_size}, out)
+    write_json(environment_info(seed=written["seeds"], device=str(device)), out / "env.json")
     return out, device, splits, img_size
 
 

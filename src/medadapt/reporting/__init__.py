@@ -10,6 +10,7 @@ from .results import (
     save_predictions,
     write_json,
     write_results,
+    write_run_config,
     write_yaml,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "save_predictions",
     "write_json",
     "write_results",
+    "write_run_config",
     "write_yaml",
 ]

@@ -13,6 +13,7 @@ import datetime
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import platform
 import re
@@ -30,6 +31,8 @@ from numpy.typing import ArrayLike
 from .._io import atomic_write, exclusive_lock
 from ..errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "RESULT_COLUMNS",
     "results_rows",
@@ -40,6 +43,7 @@ __all__ = [
     "environment_info",
     "atomic_write",
     "write_json",
+    "write_run_config",
     "write_yaml",
 ]
 
@@ -99,6 +103,41 @@ def write_json(obj: Any, path: StrPath) -> Path:
 def write_yaml(obj: Any, path: StrPath) -> Path:
     """Write ``obj`` as block-style YAML in insertion order, atomically."""
     return atomic_write(path, yaml.safe_dump(_plain(obj), sort_keys=False, allow_unicode=True))
+
+
+#: Config keys that may differ between invocations writing one output folder: seeds run in parallel
+#: (``--seeds 0`` and ``--seeds 1`` into one ``--out``) and ``--resume``.
+_PER_INVOCATION = ("seeds", "resume")
+
+
+def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
+    """Write ``out/config.yaml``; returns what was written.
+
+    Seeds run by separate invocations into one folder (one process per seed) are recorded together: when
+    the folder's ``config.yaml`` equals ``config`` but for the seeds (and ``resume``), its seeds are kept and
+    the new ones added. A config that differs otherwise replaces it, with a warning, since ``results.csv``
+    then holds rows of both.
+    """
+    out = Path(out)
+    path = out / "config.yaml"
+    new = _plain(dict(config))
+    with exclusive_lock(out):
+        old = yaml.safe_load(path.read_text()) if path.exists() else None
+        if isinstance(old, dict) and "seeds" in old and "seeds" in new:
+            differ = sorted(
+                k for k in set(old) | set(new) if k not in _PER_INVOCATION and old.get(k) != new.get(k)
+            )
+            if differ:
+                log.warning(
+                    "%s is replaced: the earlier run written there differs in %s, and results.csv holds rows "
+                    "of both; use a new --out to keep runs apart",
+                    path,
+                    differ,
+                )
+            else:
+                new["seeds"] = sorted({*old["seeds"], *new["seeds"]})
+        write_yaml(new, path)
+    return new
 
 
 # ------------------------------------------------------------------------------------------- results table
