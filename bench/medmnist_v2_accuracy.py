@@ -1,0 +1,167 @@
+"""MedMNIST v2 protocol accuracy: the official baseline's loop vs ``medadapt finetune --preset medmnist_v2``.
+
+Where medadapt's ResNet-18 (28) falls short of a published MedMNIST v2 number, is it medadapt or the protocol?
+This runs the faithful re-implementation of the official loop from ``medmnist_v2_speed.py`` (PIL dataset,
+``Normalize(.5, .5)``, the MedMNIST CIFAR-style ResNet-18 with PyTorch's default initialisation, Adam 1e-3,
+batch 128, x0.1 at 50% / 75%, the first epoch of the highest val AUC) for the full protocol, one seed after
+the other, and prints its test AUC / ACC (mean ± std over seeds) beside medadapt's run of the same preset
+(``--medadapt RUN_DIR``, a ``medadapt finetune --preset medmnist_v2`` output folder) and the published number.
+
+Its results go to ``--out``/results.csv, one seed at a time: run seeds in parallel processes into one
+``--out`` and re-run to finish; finished seeds are skipped. The per-epoch evaluation of the train split is
+skipped (it is only logged, and changes nothing), and test is scored at every new best val AUC as the
+official loop does.
+
+    MEDADAPT_DATA=/path/to/medmnist python bench/medmnist_v2_accuracy.py --dataset breastmnist \\
+        --seeds 0 1 2 --out runs/official_breast --medadapt runs/accept_breast
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from _common import apply_threads, machine, markdown_table, report
+from medmnist_v2_speed import PROTOCOL_EPOCHS, official_run, preset_config
+
+from medadapt._device import resolve_device
+from medadapt.api import load_splits
+from medadapt.evaluation.stats import format_mean_std
+from medadapt.reporting import read_results, results_rows, write_results
+
+RUN = "official-reference"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "medmnist_v2_benchmark.csv"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", default="breastmnist", help="MedMNIST flag, 28 px (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data-root",
+        default=os.environ.get("MEDADAPT_DATA"),
+        help="folder holding the MedMNIST .npz files (default: $MEDADAPT_DATA)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: %(default)s)")
+    parser.add_argument(
+        "--epochs", type=int, default=PROTOCOL_EPOCHS, help="the protocol's (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="the protocol's (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 = torch's default")
+    parser.add_argument("--out", required=True, help="folder of the reference runs' results.csv")
+    parser.add_argument(
+        "--medadapt", default=None, help="a `medadapt finetune --preset medmnist_v2` output folder to compare"
+    )
+    parser.add_argument(
+        "--reference", default=str(REFERENCE), help="published benchmark CSV (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--method", default="ResNet-18 (28)", help="row of --reference (default: %(default)s)"
+    )
+    parser.add_argument("--table", default=None, help="also write the markdown table to this file")
+    return parser.parse_args(argv)
+
+
+def run_seed(args: argparse.Namespace, seed: int, device: torch.device, task: str) -> list[dict]:
+    start = time.perf_counter()
+    run = official_run(argparse.Namespace(**{**vars(args), "seed": seed}), device, task, eval_train=False)
+    best = run["best"]
+    ids = dict(run=RUN, dataset=f"medmnist:{args.dataset}", backbone="official CIFAR ResNet-18", seed=seed,
+               selected=f"epoch={best['epoch']}")  # fmt: skip
+    rows = []
+    for split in ("val", "test"):
+        loss, auc, acc = best[split]
+        rows += results_rows(metrics={"auc": auc, "acc": acc, "loss": loss}, split=split, **ids)
+    rows += results_rows(metrics={"wall_seconds": time.perf_counter() - start}, split="train", **ids)
+    return rows
+
+
+def _summary(table: pd.DataFrame, name: str, dataset: str) -> dict:
+    test = table[(table["dataset"] == f"medmnist:{dataset}") & (table["split"] == "test")].sort_values("seed")
+    auc, acc = (test.loc[test["metric"] == m, "value"].astype(float) for m in ("auc", "acc"))
+    selected = test.loc[test["metric"] == "auc", "selected"].astype(str)
+    return {
+        "loop": name,
+        "seeds": len(auc),
+        "test AUC": format_mean_std(auc),
+        "test ACC": format_mean_std(acc),
+        "selected epochs": ", ".join(m.group(1) for s in selected if (m := re.search(r"epoch=(\d+)", s))),
+    }
+
+
+def _test_means(table: pd.DataFrame, dataset: str) -> dict[str, float]:
+    test = table[(table["dataset"] == f"medmnist:{dataset}") & (table["split"] == "test")]
+    return {m: float(test.loc[test["metric"] == m, "value"].astype(float).mean()) for m in ("auc", "acc")}
+
+
+def _published(path: Path, method: str, dataset: str) -> dict | None:
+    if not path.exists():
+        return None
+    pub = pd.read_csv(path, comment="#")
+    hit = pub[(pub["method"] == method) & (pub["dataset"] == dataset)].set_index("metric")["value"]
+    if not {"auc", "acc"} <= set(hit.index):
+        return None
+    return {"loop": f"published ({method})", "seeds": 1, "test AUC": f"{hit['auc']:.3f}",
+            "test ACC": f"{hit['acc']:.3f}", "selected epochs": ""}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data_root:
+        raise SystemExit(
+            "pass --data-root (or set MEDADAPT_DATA) to the folder holding the MedMNIST .npz files"
+        )
+    apply_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    results = out / "results.csv"
+    cfg = preset_config(argparse.Namespace(**{**vars(args), "seed": args.seeds[0]}), str(out))
+    task = load_splits(cfg)["train"].task
+    done = set()
+    if results.exists():
+        table = read_results(results)
+        done = set(table.loc[table["dataset"] == f"medmnist:{args.dataset}", "seed"].astype(int))
+    for seed in args.seeds:
+        if seed in done:
+            print(f"seed {seed}: already in {results}, skipped", file=sys.stderr)
+            continue
+        print(
+            f"official reference loop: {args.dataset}, seed {seed}, {args.epochs} epochs ...", file=sys.stderr
+        )
+        write_results(run_seed(args, seed, device, task), results, replace=("run", "dataset", "seed"))
+
+    table = read_results(results)
+    rows = [_summary(table, "official reference (this machine)", args.dataset)]
+    medadapt = read_results(Path(args.medadapt) / "results.csv") if args.medadapt else None
+    if medadapt is not None:
+        rows.append(_summary(medadapt, "medadapt preset", args.dataset))
+    published = _published(Path(args.reference), args.method, args.dataset)
+    rows += [published] if published else []
+    notes = [
+        f"medmnist:{args.dataset} 28 px, {args.epochs} epochs, batch {args.batch_size}, device {args.device}; "
+        f"{machine()}. Mean ± sample std over seeds; the published number is one run.",
+    ]
+    verdict = "no --medadapt run to compare"
+    if medadapt is not None:
+        means = [_test_means(t, args.dataset) for t in (table, medadapt)]
+        verdict = (
+            f"medadapt - official reference: test AUC {means[1]['auc'] - means[0]['auc']:+.3f}, test ACC "
+            f"{means[1]['acc'] - means[0]['acc']:+.3f} (means over seeds); same protocol, data and machine."
+        )
+    report("MedMNIST v2 protocol accuracy: official loop vs medadapt", markdown_table(rows), verdict, args.table,
+           notes)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
