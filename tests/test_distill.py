@@ -16,7 +16,7 @@ from medadapt.cli import main
 from medadapt.data import load_dataset
 from medadapt.data.transforms import Preprocess
 from medadapt.distill import DistillObjective, Teacher, combine_logits, distillation_loss, kd_loss
-from medadapt.distill.report import ablation_table, best_distilled_arm, comparison_table
+from medadapt.distill.report import ablation_table, best_distilled_arm, comparison_table, soft_target_table
 from medadapt.errors import ConfigError
 from medadapt.saved import ModelInfo, find_saved, load_classifier, save_classifier
 from medadapt.strategies import build_classifier, create_strategy
@@ -251,6 +251,8 @@ def test_distill_from_a_backbone_teacher_end_to_end(tmp_path, monkeypatch, capsy
     assert {"figures/tsne.png", "figures/ablation_val_auc.png"} <= set(outputs["figures"])
     assert any(f.startswith("figures/gradcam_") for f in outputs["figures"])
     assert "Paired across seeds" in (out / "comparison.md").read_text()
+    assert "Teacher soft targets" in (out / "comparison.md").read_text()
+    assert set(pd.read_csv(out / "teacher_targets.csv")["t"]) == {1.0, 4.0}
     assert (out / "teacher" / "models" / "seed1" / "model.json").is_file()  # the probe teacher, per seed
     printed = capsys.readouterr().out
     assert "student alone" in printed and "figures:" in printed
@@ -298,3 +300,19 @@ def test_a_catalogue_alias_is_a_backbone_teacher_and_a_missing_path_is_not(tmp_p
     assert is_backbone("dinov2_vitb14") and is_backbone(TINY_VIT)
     assert not is_backbone(str(tmp_path / "no_such_run")) and not is_backbone(str(tmp_path))
     assert not is_backbone(TINY_VIT, TINY_VIT)  # several teachers: saved runs to ensemble
+
+
+def test_soft_target_table_matches_numpy():
+    z = torch.tensor([[4.0, 0.0], [0.0, 0.5], [10.0, -10.0]])
+    table = soft_target_table({"train": z}, task="binary", temperatures=[1.0, 4.0])
+    for t in (1.0, 4.0):
+        p = _np_softmax(z.numpy() / t)
+        row = table[table["t"] == t].iloc[0]
+        assert row["top-class probability"] == pytest.approx(p.max(1).mean(), rel=1e-5)
+        assert row["entropy (nats)"] == pytest.approx((-(p * np.log(p)).sum(1)).mean(), rel=1e-5)
+        assert row["share ≥ 0.99"] == pytest.approx((p.max(1) >= 0.99).mean())
+    ml = soft_target_table({"val": torch.tensor([[0.0, 20.0]])}, task="multilabel", temperatures=[1.0]).iloc[
+        0
+    ]
+    assert ml["top-class probability"] == pytest.approx(0.75)  # labels 0.5 and ~1.0
+    assert ml["entropy (nats)"] == pytest.approx(np.log(2) / 2, rel=1e-4)

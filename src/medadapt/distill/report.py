@@ -21,7 +21,7 @@ from ..data.base import MedicalDataset
 from ..data.transforms import make_loader
 from ..evaluation.stats import format_mean_std, paired_test
 
-__all__ = ["comparison_table", "ablation_table", "best_distilled_arm", "write_report"]
+__all__ = ["comparison_table", "ablation_table", "best_distilled_arm", "soft_target_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,38 @@ def comparison_table(
     return pd.DataFrame(rows), pd.DataFrame(tests)
 
 
+def soft_target_table(
+    logits: dict[str, torch.Tensor], *, task: str, temperatures: list[float], near: float = 0.99
+) -> pd.DataFrame:
+    """How soft the teacher's targets are, per split and temperature: the mean probability of the top class,
+    the mean entropy (nats) and the share of samples whose top class has at least ``near``.
+
+    Multi-label tasks count each label as its own Bernoulli (top class: the likelier of 0 and 1), averaged
+    over labels; other tasks take the softmax at temperature ``t``, as the distillation loss does.
+    """
+    rows = []
+    for split, z in logits.items():
+        z = z.float()
+        for t in temperatures:
+            if task == "multilabel":
+                p = torch.sigmoid(z / t)
+                top = torch.maximum(p, 1 - p).mean(-1)
+                entropy = (torch.special.entr(p) + torch.special.entr(1 - p)).mean(-1)
+            else:
+                p = torch.softmax(z / t, dim=-1)
+                top, entropy = p.amax(-1), torch.special.entr(p).sum(-1)
+            rows.append(
+                {
+                    "split": split,
+                    "t": t,
+                    "top-class probability": float(top.mean()),
+                    "entropy (nats)": float(entropy.mean()),
+                    f"share ≥ {near:g}": float((top >= near).float().mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def ablation_table(table: pd.DataFrame, *, split: str = "val", metric: str = "auc") -> pd.DataFrame:
     """Mean ``split`` ``metric`` over seeds per distilled arm, rows temperature, columns alpha."""
     rows = table[
@@ -105,6 +137,19 @@ def write_report(
         text += "\n\nPaired across seeds (distilled − student alone):\n\n" + tests.to_markdown(
             index=False, floatfmt=".4f"
         )
+    seed = cfg.seeds[0]
+    targets = soft_target_table(
+        {split: z for split, (z, _) in teacher_of(seed)[1].items() if split in ("train", "val")},
+        task=splits["train"].task,
+        temperatures=sorted({1.0, *(t for t, _ in cfg.grid())}),
+    )
+    targets.to_csv(out / "teacher_targets.csv", index=False)
+    files["tables"].append("teacher_targets.csv")
+    text += (
+        f"\n\nTeacher soft targets (seed {seed}): how far from one-hot they are on the images the student "
+        "trains on (train) and on unseen ones (val). Near one-hot targets on train say little beyond the "
+        "labels.\n\n" + targets.to_markdown(index=False, floatfmt=".3f")
+    )
     atomic_write(out / "comparison.md", text + "\n")
     comparison.to_csv(out / "comparison.csv", index=False)
     files["tables"] += ["comparison.md", "comparison.csv"]
