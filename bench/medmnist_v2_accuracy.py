@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,11 @@ from medmnist_v2_speed import PROTOCOL_EPOCHS, official_run, preset_config
 
 from medadapt._device import resolve_device
 from medadapt.api import load_splits
-from medadapt.evaluation.stats import format_mean_std
 from medadapt.reporting import read_results, results_rows, write_results
+
+# the README's accuracy table (mean ± std, the published number beside it) comes from scripts/finetune_table.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import finetune_table as ft  # noqa: E402
 
 RUN = "official-reference"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "medmnist_v2_benchmark.csv"
@@ -86,33 +88,9 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device, task: st
     return rows
 
 
-def _summary(table: pd.DataFrame, name: str, dataset: str) -> dict:
-    test = table[(table["dataset"] == f"medmnist:{dataset}") & (table["split"] == "test")].sort_values("seed")
-    auc, acc = (test.loc[test["metric"] == m, "value"].astype(float) for m in ("auc", "acc"))
-    selected = test.loc[test["metric"] == "auc", "selected"].astype(str)
-    return {
-        "loop": name,
-        "seeds": len(auc),
-        "test AUC": format_mean_std(auc),
-        "test ACC": format_mean_std(acc),
-        "selected epochs": ", ".join(m.group(1) for s in selected if (m := re.search(r"epoch=(\d+)", s))),
-    }
-
-
-def _test_means(table: pd.DataFrame, dataset: str) -> dict[str, float]:
-    test = table[(table["dataset"] == f"medmnist:{dataset}") & (table["split"] == "test")]
+def _test_means(table: pd.DataFrame) -> dict[str, float]:
+    test = table[table["split"] == "test"]
     return {m: float(test.loc[test["metric"] == m, "value"].astype(float).mean()) for m in ("auc", "acc")}
-
-
-def _published(path: Path, method: str, dataset: str) -> dict | None:
-    if not path.exists():
-        return None
-    pub = pd.read_csv(path, comment="#")
-    hit = pub[(pub["method"] == method) & (pub["dataset"] == dataset)].set_index("metric")["value"]
-    if not {"auc", "acc"} <= set(hit.index):
-        return None
-    return {"loop": f"published ({method})", "seeds": 1, "test AUC": f"{hit['auc']:.3f}",
-            "test ACC": f"{hit['acc']:.3f}", "selected epochs": ""}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,26 +118,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_results(run_seed(args, seed, device, task), results, replace=("run", "dataset", "seed"))
 
-    table = read_results(results)
-    rows = [_summary(table, "official reference (this machine)", args.dataset)]
-    medadapt = read_results(Path(args.medadapt) / "results.csv") if args.medadapt else None
-    if medadapt is not None:
-        rows.append(_summary(medadapt, "medadapt preset", args.dataset))
-    published = _published(Path(args.reference), args.method, args.dataset)
-    rows += [published] if published else []
+    dataset = f"medmnist:{args.dataset}"
+    runs = {"official": read_results(results)}
+    if args.medadapt:
+        runs["medadapt"] = read_results(Path(args.medadapt) / "results.csv")
+    runs = {name: t[t["dataset"] == dataset] for name, t in runs.items()}
+    both = pd.concat(runs.values(), ignore_index=True)
+    reference = ft.read_reference(args.reference) if Path(args.reference).is_file() else None
+    table = ft.accuracy_table(both, reference, args.method if reference is not None else None)
+    table["selected"] = [ft.selected_cell(g) for _, g in both.groupby(ft.ARM_KEYS, sort=False)]
     notes = [
-        f"medmnist:{args.dataset} 28 px, {args.epochs} epochs, batch {args.batch_size}, device {args.device}; "
-        f"{machine()}. Mean ± sample std over seeds; the published number is one run.",
+        f"{dataset} 28 px, {args.epochs} epochs, batch {args.batch_size}, device {args.device}; {machine()}. "
+        "Mean ± sample std over seeds; the published number is one run.",
     ]
     verdict = "no --medadapt run to compare"
-    if medadapt is not None:
-        means = [_test_means(t, args.dataset) for t in (table, medadapt)]
+    if "medadapt" in runs:
+        ours, official = _test_means(runs["medadapt"]), _test_means(runs["official"])
         verdict = (
-            f"medadapt - official reference: test AUC {means[1]['auc'] - means[0]['auc']:+.3f}, test ACC "
-            f"{means[1]['acc'] - means[0]['acc']:+.3f} (means over seeds); same protocol, data and machine."
+            f"medadapt - official reference: test AUC {ours['auc'] - official['auc']:+.3f}, test ACC "
+            f"{ours['acc'] - official['acc']:+.3f} (means over seeds); same protocol, data and machine."
         )
-    report("MedMNIST v2 protocol accuracy: official loop vs medadapt", markdown_table(rows), verdict, args.table,
-           notes)  # fmt: skip
+    report("MedMNIST v2 protocol accuracy: official loop vs medadapt", markdown_table(table.to_dict("records")),
+           verdict, args.table, notes)  # fmt: skip
     return 0
 
 

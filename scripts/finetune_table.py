@@ -212,14 +212,14 @@ def cost_table(results: pd.DataFrame) -> pd.DataFrame:
                 "train time / run": minutes_seconds(mean.get("train_seconds", math.nan)),
                 "train images/s": number(mean.get("train_images_per_second", math.nan), decimals=0),
                 "epochs": number(mean.get("epochs", math.nan)),
-                "selected": _selected(group),
+                "selected": selected_cell(group),
             }
         )
     table = pd.DataFrame(rows)
     return table.drop(columns="dataset") if table["dataset"].nunique() <= 1 else table
 
 
-def _selected(group: pd.DataFrame) -> str:
+def selected_cell(group: pd.DataFrame) -> str:
     if "selected" not in group:
         return ""
     per_run = group[group["split"] == "test"].drop_duplicates(subset=["seed", "fold"]).sort_values("seed")

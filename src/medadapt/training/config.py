@@ -26,7 +26,8 @@ class TrainConfig:
     MedMNIST v2 protocol; other schedules ignore them); ``warmup_epochs`` of linear warm-up apply to every
     schedule. ``early_stop`` stops after ``patience`` evaluations without improvement of that quantity;
     ``select_on`` picks the weights returned (``val_auc``: ties broken by lower loss; ``val_auc_first``: the
-    first epoch with the highest AUC, the official MedMNIST rule; ``last``: the final epoch). ``class_weights`` weighs the loss by inverse class frequency in train (``pos_weight = neg / pos``
+    first epoch with the highest AUC, the official MedMNIST rule; ``last``: the final epoch).
+    ``class_weights`` weighs the loss by inverse class frequency in train (``pos_weight = neg / pos``
     per label for multi-label). ``sgd`` uses momentum 0.9. ``eval_every`` evaluates every n epochs (and
     the last). ``augment`` is a preset of :data:`~medadapt.training.augment.AUGMENT_PRESETS`. ``device``
     and ``num_workers`` do not change the result, so a run may be resumed with other values.
