@@ -19,6 +19,7 @@ official loop does.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -28,10 +29,11 @@ import pandas as pd
 import torch
 from _common import apply_threads, machine, markdown_table, report
 from medmnist_v2_speed import PROTOCOL_EPOCHS, official_run, preset_config
+from scipy import stats
 
 from medadapt._device import resolve_device
 from medadapt.api import load_splits
-from medadapt.reporting import read_results, results_rows, write_results
+from medadapt.reporting import environment_info, read_results, results_rows, write_json, write_results
 
 # the README's accuracy table (mean ± std, the published number beside it) comes from scripts/finetune_table.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -88,9 +90,42 @@ def run_seed(args: argparse.Namespace, seed: int, device: torch.device, task: st
     return rows
 
 
-def _test_means(table: pd.DataFrame) -> dict[str, float]:
-    test = table[table["split"] == "test"]
-    return {m: float(test.loc[test["metric"] == m, "value"].astype(float).mean()) for m in ("auc", "acc")}
+def _test_values(table: pd.DataFrame, metric: str) -> list[float]:
+    test = table[(table["split"] == "test") & (table["metric"] == metric)]
+    return test.sort_values("seed")["value"].astype(float).tolist()
+
+
+def compare(ours: pd.DataFrame, official: pd.DataFrame) -> str:
+    """Test AUC / ACC of medadapt minus the official loop: difference of means, Welch's t-test and its 95% CI.
+
+    The seeds of the two loops are independent runs (a seed does not give the same initialisation or
+    batch order in both), hence the unpaired test with unequal variances.
+    """
+    parts = []
+    for metric in ("auc", "acc"):
+        a, b = _test_values(ours, metric), _test_values(official, metric)
+        diff = sum(a) / len(a) - sum(b) / len(b)
+        part = f"test {metric.upper()} {diff:+.3f}"
+        if min(len(a), len(b)) >= 2:
+            welch = stats.ttest_ind(a, b, equal_var=False)
+            low, high = welch.confidence_interval(0.95)
+            part += f" [{low:+.3f}, {high:+.3f}], Welch p = {welch.pvalue:.2f}"
+        parts.append(part)
+    return (
+        f"medadapt - official reference ({len(_test_values(ours, 'auc'))} vs "
+        f"{len(_test_values(official, 'auc'))} seeds; mean difference, 95% CI): " + "; ".join(parts) + "."
+    )
+
+
+def where(folder: Path) -> str:
+    """Where the runs in ``folder`` were made, from its env.json (written by medadapt and by this bench)."""
+    env = folder / "env.json"
+    if not env.is_file():
+        return "not recorded (no env.json)"
+    info = json.loads(env.read_text())
+    hardware = info.get("gpu") if str(info.get("device", "")).startswith("cuda") else info.get("cpu")
+    torch_version = (info.get("packages") or {}).get("torch")
+    return f"{info.get('device')} ({hardware}), torch {torch_version}, git {str(info.get('git_sha'))[:7]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     if results.exists():
         table = read_results(results)
         done = set(table.loc[table["dataset"] == f"medmnist:{args.dataset}", "seed"].astype(int))
-    for seed in args.seeds:
-        if seed in done:
-            print(f"seed {seed}: already in {results}, skipped", file=sys.stderr)
-            continue
+    todo = [seed for seed in args.seeds if seed not in done]
+    if len(todo) < len(args.seeds):
+        print(f"seeds {sorted(done & set(args.seeds))}: already in {results}, skipped", file=sys.stderr)
+    if todo:
+        write_json(environment_info(seed=todo, device=str(device)), out / "env.json")
+    for seed in todo:
         print(
             f"official reference loop: {args.dataset}, seed {seed}, {args.epochs} epochs ...", file=sys.stderr
         )
@@ -128,16 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     table = ft.accuracy_table(both, reference, args.method if reference is not None else None)
     table["selected"] = [ft.selected_cell(g) for _, g in both.groupby(ft.ARM_KEYS, sort=False)]
     notes = [
-        f"{dataset} 28 px, {args.epochs} epochs, batch {args.batch_size}, device {args.device}; {machine()}. "
-        "Mean ± sample std over seeds; the published number is one run.",
+        f"{dataset} 28 px, {args.epochs} epochs, batch {args.batch_size}. Mean ± sample std over seeds; the "
+        "published number is one run.",
+        f"Official loop runs: {where(out)}.",
     ]
+    if todo:
+        notes.append(f"This invocation ran seeds {todo} on {machine()}.")
     verdict = "no --medadapt run to compare"
     if "medadapt" in runs:
-        ours, official = _test_means(runs["medadapt"]), _test_means(runs["official"])
-        verdict = (
-            f"medadapt - official reference: test AUC {ours['auc'] - official['auc']:+.3f}, test ACC "
-            f"{ours['acc'] - official['acc']:+.3f} (means over seeds); same protocol, data and machine."
-        )
+        notes.append(f"medadapt runs: {where(Path(args.medadapt))}.")
+        verdict = compare(runs["medadapt"], runs["official"])
     report("MedMNIST v2 protocol accuracy: official loop vs medadapt", markdown_table(table.to_dict("records")),
            verdict, args.table, notes)  # fmt: skip
     return 0

@@ -54,6 +54,21 @@ def test_output_shape_and_finite(name: str, num_outputs: int) -> None:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ["linear", "attention"])
+def test_logits_are_float32_under_bf16_autocast(name: str) -> None:
+    """bf16 logits would tie scores that AUC must rank: the heads' last product stays in float32."""
+    rng = np.random.default_rng(0)
+    head = _build(name, 2, rng)
+    x = _inputs(head.input_key, rng)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+        assert head.fc(torch.zeros(1, head.fc.in_features)).dtype == torch.bfloat16  # what the head avoids
+    assert out.dtype == torch.float32
+    if name == "linear":  # nothing else in it runs in bf16: the same numbers as without autocast
+        with torch.no_grad():
+            torch.testing.assert_close(out, head(x), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", HEADS.list())
 def test_head_declares_its_contract(name: str) -> None:
     cls = HEADS.get(name)

@@ -307,6 +307,26 @@ def test_checkpoint_every_epoch(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]  # no temp files left behind
 
 
+def test_checkpoint_every_n_epochs_and_the_last_resumes_bitwise(tmp_path):
+    kw = dict(epochs=5, schedule="multistep", milestones=[2, 4], n=32)
+    path, seen = tmp_path / "cut" / CHECKPOINT_NAME, []
+
+    def progress(epoch, epochs, record):
+        seen.append(torch.load(path, weights_only=True)["epoch"] if path.exists() else None)
+        if len(seen) == 3:  # killed after epoch 3 of the first run
+            raise Killed
+
+    ref = run(out_dir=tmp_path / "ref", **kw)
+    with pytest.raises(Killed):
+        run(out_dir=tmp_path / "cut", progress=progress, checkpoint_every=2, **kw)
+    assert seen == [None, 2, 2]  # written after epoch 2, not after 1 or 3
+    # checkpoint_every does not change the result, so the run resumes with another value
+    res = run(out_dir=tmp_path / "cut", resume=True, checkpoint_every=4, progress=progress, **kw)
+    assert res.resumed_from == 2 and seen[3:] == [2, 4, 5]  # epoch 3 replayed; the last always written
+    assert res.history == ref.history and states_equal(res.state, ref.state)
+    assert states_equal(res.model.state_dict(), ref.model.state_dict())
+
+
 @pytest.mark.parametrize("strategy", [Full, Unfreeze])
 def test_resume_after_kill_is_bitwise_identical(tmp_path, strategy):
     kw = dict(epochs=4, schedule="multistep", milestones=[2, 3], augment="natural", n=40)

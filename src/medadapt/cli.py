@@ -92,6 +92,10 @@ _TRAIN_FLAGS = {
     ),
     "augment": dict(help="none, light or natural"),
     "eval_every": dict(type=int),
+    "checkpoint_every": dict(
+        type=int,
+        help="write the checkpoint every n epochs and after the last (default 1; --resume replays the rest)",
+    ),
 }
 
 

@@ -10,6 +10,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..errors import ConfigError
+from .linear import float32_logits
 
 __all__ = ["AttentionPoolHead", "default_num_heads"]
 
@@ -71,7 +72,7 @@ class AttentionPoolHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.norm_in(self.proj(tokens.float()))
         x = self.pool(self.blocks(x))
-        return self.fc(self.norm(x))
+        return float32_logits(self.fc, self.norm(x))
 
 
 def _check_args(width: int, depth: int, num_heads: int) -> None:

@@ -66,7 +66,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: TrainConfig fields that do not change the result, so a run may be resumed with other values.
-_NOT_HASHED = ("device", "num_workers")
+_NOT_HASHED = ("device", "num_workers", "checkpoint_every")
 #: Independent seed streams of one epoch.
 _MODEL_RNG, _SHUFFLE, _AUGMENT = 0, 1, 2
 
@@ -137,13 +137,14 @@ def fit(
     progress: Progress | None = None,
     objective: Objective | None = None,
 ) -> FitResult:
-    """Train ``model`` as ``strategy`` configures it; checkpoint to ``out_dir/checkpoint.pt`` every epoch.
+    """Train ``model`` as ``strategy`` configures it; checkpoint to ``out_dir/checkpoint.pt`` every epoch
+    (every ``cfg.checkpoint_every`` epochs, and after the last).
 
     ``resume=True`` continues from that checkpoint (which must come from the same configuration, model,
     strategy, preprocessing and data; else :class:`~medadapt.errors.ConfigError`), or starts afresh if there
-    is none. ``progress(epoch, epochs, record)`` is called after each epoch's checkpoint. ``objective``
-    replaces the task loss as what is minimised (e.g. :class:`~medadapt.distill.DistillObjective`); its loss
-    parts are logged per epoch as ``train_{part}``.
+    is none. ``progress(epoch, epochs, record)`` is called after each epoch (and its checkpoint, when one
+    is due). ``objective`` replaces the task loss as what is minimised (e.g.
+    :class:`~medadapt.distill.DistillObjective`); its loss parts are logged per epoch as ``train_{part}``.
     """
     device = resolve_device(cfg.device)
     task = _check_data(train_ds, val_ds)
@@ -189,7 +190,8 @@ def fit(
         run.history.append(record)
         run.clock["wall"] = wall0 + time.perf_counter() - start
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, record)
-        if ckpt is not None:
+        last = epoch == cfg.epochs or should_stop(run.history, cfg.early_stop, cfg.patience)
+        if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or last):
             save_checkpoint(ckpt, _checkpoint(run, run_hash, model, optimizer, scheduler, strategy))
         if progress is not None:
             progress(epoch, cfg.epochs, record)
