@@ -11,6 +11,8 @@
 #                      medmnist_v2 preset (preset), and the preset with PyTorch's default ResNet init instead of
 #                      timm's zero_init_last (default_init), the three at once
 #   breast_seeds       the official loop and the preset on BreastMNIST only (more seeds of breast_init)
+#   init_torch         the preset with PyTorch's default initialisation (init=torch), as the official code
+#                      starts, on both datasets: RUNS_DIR/gpu_breast/torch_init and RUNS_DIR/torch_init_pneumonia
 #
 # Seeds: $SEEDS (default "0 1 2"), each a process; $CHECKPOINT_EVERY: --checkpoint-every (default 1). Logs go
 # to RUNS_DIR/logs. Seeds that already finished are skipped (--resume, and the bench's own skip), so a stage
@@ -76,8 +78,16 @@ for stage in "$@"; do
             --out "$runs/gpu_breast/preset"
         wait "$a"
         ;;
+    init_torch)
+        per_seed breast_torch_init medadapt finetune "${preset[@]}" --dataset medmnist:breastmnist \
+            --backbone "timm:resnet18?stem=cifar&init=torch" --out "$runs/gpu_breast/torch_init" &
+        a=$!
+        per_seed pneumonia_torch_init medadapt finetune "${preset[@]}" --dataset medmnist:pneumoniamnist \
+            --backbone "timm:resnet18?stem=cifar&init=torch" --out "$runs/torch_init_pneumonia"
+        wait "$a"
+        ;;
     *)
-        echo "unknown stage '$stage': accept_pneumonia, distill_pneumonia, official_pneumonia, breast_init or breast_seeds" >&2
+        echo "unknown stage '$stage': accept_pneumonia, distill_pneumonia, official_pneumonia, breast_init, breast_seeds or init_torch" >&2
         exit 2
         ;;
     esac

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import timm
 import torch
@@ -191,6 +193,23 @@ def test_cifar_stem_keeps_28px_resolution_for_medmnist_v2_resnets():
     assert f.grid == (4, 4)  # 28 -> 28 (stem) -> 4 after the three stride-2 stages
     with pytest.raises(ConfigError, match="stem=cifar applies to timm ResNets"):
         create_backbone(f"{TINY['dinov2']}&stem=cifar", pretrained=False, img_size=28)
+
+
+def test_init_torch_restores_pytorch_default_initialisation():
+    """init=torch: the official MedMNIST v2 ResNets' start (PyTorch defaults), not timm's scheme."""
+    timm_init = create_backbone("timm:resnet18?stem=cifar", pretrained=False, img_size=28).model
+    torch_init = create_backbone("timm:resnet18?stem=cifar&init=torch", pretrained=False, img_size=28).model
+    conv = torch_init.layer2[0].conv2  # 128 -> 128, 3x3: fan_in = fan_out = 1152
+    bound = 1 / math.sqrt(conv.in_channels * 9)  # kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), +)
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
+    ratio = (timm_init.layer2[0].conv2.weight.std() / conv.weight.std()).detach()
+    assert 2.2 < float(ratio) < 2.7  # timm's kaiming fan-out normal: sqrt(6) ~ 2.45x larger
+    assert float(timm_init.layer1[0].bn2.weight.detach().abs().sum()) == 0  # timm's zero_init_last ...
+    assert torch.equal(torch_init.layer1[0].bn2.weight, torch.ones(64))  # ... undone
+    with pytest.raises(ConfigError, match="init=torch re-initialises every weight"):
+        create_backbone("timm:resnet18?init=torch", pretrained=True, img_size=28)
+    with pytest.raises(ConfigError, match="only init option is init=torch"):
+        create_backbone("timm:resnet18?init=xavier", pretrained=False, img_size=28)
 
 
 def test_size_check_does_not_touch_batchnorm_statistics():

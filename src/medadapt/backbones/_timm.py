@@ -76,6 +76,21 @@ def _cifar_stem(model: nn.Module, name: str) -> None:
     log.info("timm:%s: CIFAR-style stem (3x3 stride-1 conv1, no max-pool)", name)
 
 
+def _torch_default_init(model: nn.Module, name: str) -> None:
+    """Re-initialise every layer with PyTorch's defaults instead of timm's scheme (``init=torch``).
+
+    That is how the official MedMNIST v2 ResNets start: convolutions kaiming-uniform with a = sqrt(5) (about
+    2.4x smaller than timm's kaiming fan-out), every batch norm at weight 1 (timm zeroes the last one of each
+    block), and linear layers likewise at PyTorch's defaults.
+    """
+    n = 0
+    for module in model.modules():
+        if module is not model and callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+            n += 1
+    log.info("timm:%s: %d layers re-initialised with PyTorch's defaults (init=torch)", name, n)
+
+
 def _check_name(name: str) -> None:
     import timm
 
@@ -98,12 +113,20 @@ def create(
 ) -> TimmBackbone:
     _check_name(address.name)
     kwargs = dict(address.kwargs)
-    stem = kwargs.pop("stem", None)
+    stem, init = kwargs.pop("stem", None), kwargs.pop("init", None)
     if stem not in (None, "cifar"):
         raise ConfigError(f"stem={stem!r} is not valid; the only stem option is stem=cifar (28-px ResNets)")
+    if init not in (None, "torch"):
+        raise ConfigError(
+            f"init={init!r} is not valid; the only init option is init=torch (PyTorch's defaults)"
+        )
     if stem and (pretrained or weights):
         raise ConfigError(
             "stem=cifar replaces the pretrained stem; use it with --no-pretrained (strategy scratch)"
+        )
+    if init and (pretrained or weights):
+        raise ConfigError(
+            "init=torch re-initialises every weight; use it with --no-pretrained (strategy scratch)"
         )
     overlay: dict[str, Any] = {}
     if weights is not None:
@@ -124,6 +147,8 @@ def create(
         raise WeightsError(_offline_message(address) + f" ({type(e).__name__}: {e})") from e
     if stem:
         _cifar_stem(model, address.name)
+    if init:
+        _torch_default_init(model, address.name)
     cfg = model.pretrained_cfg
     in_chans, mean, std, mode = adapt_channels(
         model, data_chans=data_chans, channel_mode=channel_mode, mean=cfg["mean"], std=cfg["std"]
