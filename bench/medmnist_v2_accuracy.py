@@ -104,17 +104,14 @@ def compare(ours: pd.DataFrame, official: pd.DataFrame) -> str:
     parts = []
     for metric in ("auc", "acc"):
         a, b = _test_values(ours, metric), _test_values(official, metric)
-        diff = sum(a) / len(a) - sum(b) / len(b)
-        part = f"test {metric.upper()} {diff:+.3f}"
+        part = f"test {metric.upper()} {sum(a) / len(a) - sum(b) / len(b):+.3f}"
         if min(len(a), len(b)) >= 2:
             welch = stats.ttest_ind(a, b, equal_var=False)
             low, high = welch.confidence_interval(0.95)
             part += f" [{low:+.3f}, {high:+.3f}], Welch p = {welch.pvalue:.2f}"
         parts.append(part)
-    return (
-        f"medadapt - official reference ({len(_test_values(ours, 'auc'))} vs "
-        f"{len(_test_values(official, 'auc'))} seeds; mean difference, 95% CI): " + "; ".join(parts) + "."
-    )
+    seeds = f"{len(a)} vs {len(b)} seeds"
+    return f"medadapt - official reference ({seeds}; mean difference, 95% CI): " + "; ".join(parts) + "."
 
 
 def where(folder: Path) -> str:

@@ -4,32 +4,35 @@
 #
 #   scripts/gpu_medmnist_runs.sh DATA_ROOT RUNS_DIR STAGE...
 #
-#   accept_pneumonia   medmnist_v2 preset, ResNet-18 (28) from scratch, PneumoniaMNIST, seeds 0-2
-#   distill_pneumonia  the same ensemble as teacher, timm:resnet18 student alone and distilled (needs the above)
+#   accept_pneumonia   medmnist_v2 preset, ResNet-18 (28) from scratch, PneumoniaMNIST
+#   distill_pneumonia  the ensemble of those runs as teacher, timm:resnet18 student alone and distilled (needs
+#                      accept_pneumonia's weights: run both stages in one call on a machine that keeps them)
 #   official_pneumonia bench/medmnist_v2_accuracy.py: the official baseline loop on PneumoniaMNIST
 #   breast_init        BreastMNIST on the same GPU, into RUNS_DIR/gpu_breast/: the official loop (official), the
-#                      medmnist_v2 preset (preset), and the preset with PyTorch's default ResNet init instead of
-#                      timm's zero_init_last (default_init), the three at once
+#                      medmnist_v2 preset (preset), and the preset without timm's zero_init_last
+#                      (default_init), the three at once
 #   breast_seeds       the official loop and the preset on BreastMNIST only (more seeds of breast_init)
 #   init_torch         the preset with PyTorch's default initialisation (init=torch), as the official code
 #                      starts, on both datasets: RUNS_DIR/gpu_breast/torch_init and RUNS_DIR/torch_init_pneumonia
 #
 # Seeds: $SEEDS (default "0 1 2"), each a process; $CHECKPOINT_EVERY: --checkpoint-every (default 1). Logs go
 # to RUNS_DIR/logs. Seeds that already finished are skipped (--resume, and the bench's own skip), so a stage
-# re-run with more seeds adds them.
+# re-run with more seeds adds them. Python: $PYTHON, else the checkout's .venv, else python3.
 set -euo pipefail
 data=$(realpath "$1")
 runs=$2
 shift 2
 mkdir -p "$runs/logs"
 here=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ] && [ -x "$here/.venv/bin/python" ]; then python=$here/.venv/bin/python; fi
 reference=${MEDADAPT_REFERENCE:-$here/../shared/reference/medmnist_v2_benchmark.csv}
 
-medadapt() { OMP_NUM_THREADS=2 python3 -m medadapt "$@"; }
-official() { OMP_NUM_THREADS=2 python3 "$here/bench/medmnist_v2_accuracy.py" --data-root "$data" --device cuda \
+medadapt() { OMP_NUM_THREADS=2 "$python" -m medadapt "$@"; }
+official() { OMP_NUM_THREADS=2 "$python" "$here/bench/medmnist_v2_accuracy.py" --data-root "$data" --device cuda \
     --threads 2 --reference "$reference" "$@"; }
 
-# per_seed NAME CMD...: CMD --seeds S for S in 0 1 2 as parallel processes; fails if any seed fails
+# per_seed NAME CMD...: CMD --seeds S for S in $SEEDS as parallel processes; fails if any seed fails
 per_seed() {
     local name=$1 pids=() s rc=0
     shift
