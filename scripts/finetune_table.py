@@ -28,9 +28,9 @@ from medadapt.reporting import read_results
 ARM_KEYS = ["dataset", "run"]
 ID_KEYS = ["dataset", "run", "seed", "fold", "split", "metric"]
 COST_FOOTNOTE = (
-    "¹ Peak memory: `torch.cuda.max_memory_allocated` of the run on a GPU; on CPU the process's peak RSS, a "
-    "high-water mark over the whole process (data, every earlier arm and seed it ran), so later arms of one "
-    "`medadapt finetune` call inherit earlier peaks. Largest value over seeds."
+    "¹ Peak memory: `torch.cuda.max_memory_allocated` of the run on a GPU; on CPU the peak RSS while the run "
+    "trained (Linux: reset at the start of each run), which includes what the process already held (libraries, "
+    "data). Largest value over seeds."
 )
 
 

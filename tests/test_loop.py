@@ -378,6 +378,27 @@ def test_cost_and_history_keys():
     assert set(res.history[1]) == {"epoch", "lr", "trainable_params", "train_loss", "val_auc", "val_loss"}
 
 
+def _writable(path: str) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _writable("/proc/self/clear_refs"), reason="needs Linux's resettable RSS peak")
+def test_cpu_peak_memory_is_this_fits_not_the_process_all_time_peak():
+    import resource
+
+    spike = np.ones(2**30 // 8)  # 1 GiB resident, freed before the fit
+    spike[:: 4096 // 8] = 2.0
+    del spike
+    all_time = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = run(epochs=1, n=32).cost["peak_memory_bytes"]
+    assert 0 < peak < all_time - 2**29  # the earlier 1 GiB spike is not this fit's peak
+
+
 # ------------------------------------------------------------------------- with the registered strategies
 def vit_classifier(seed: int = 0):
     from medadapt.backbones import create_backbone

@@ -82,8 +82,8 @@ class FitResult:
     per param group, ``trainable_params``, ``train_loss`` and, on evaluated epochs, ``val_auc`` and
     ``val_loss``); ``cost`` has ``total_params``, ``trainable_params`` (the most during training, e.g.
     after the last unfreezing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on a GPU, else
-    the process's peak resident memory: a process-wide high-water mark that includes anything the process
-    did before), ``wall_seconds`` and ``train_seconds`` (summed over resumed sessions),
+    the process's peak resident memory during this fit on Linux, including what the process already held
+    (data, models), and the process's all-time peak elsewhere), ``wall_seconds`` and ``train_seconds`` (summed over resumed sessions),
     ``train_images_per_second`` and ``epochs``.
     """
 
@@ -535,15 +535,41 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cf
 
 
 # ------------------------------------------------------------------------------------------------- cost
+_CLEAR_REFS, _STATUS = "/proc/self/clear_refs", "/proc/self/status"
+
+
 def _reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for this fit: CUDA's allocator stats, or on Linux the process's RSS high-water mark.
+
+    Written by hand because no library resets it: ``getrusage`` only ever reports the process's all-time
+    peak, which would give every later arm of one ``medadapt finetune`` call the peak of the largest earlier
+    one. Linux (since 4.0) resets ``VmHWM`` when "5" is written to ``/proc/self/clear_refs``.
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or /proc not writable: the peak stays process-wide (see _peak_memory)
+        pass
 
 
 def _peak_memory(device: torch.device) -> float:
-    """Peak allocated GPU memory of this session, else the process's peak RSS in bytes (nan if unknown)."""
+    """Peak allocated GPU memory since the reset, else peak RSS in bytes since the reset (nan if unknown).
+
+    On Linux the RSS peak is ``VmHWM``, which :func:`_reset_peak_memory` resets; elsewhere it is
+    ``ru_maxrss``, the process's peak since it started.
+    """
     if device.type == "cuda":
         return float(torch.cuda.max_memory_allocated(device))
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows
