@@ -248,8 +248,17 @@ def test_run_config_gathers_the_seeds_of_parallel_invocations(tmp_path: Path, ca
     written = write_run_config({**base, "seeds": [0], "resume": False}, tmp_path)
     assert written["seeds"] == [0, 1]
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [0, 1]
+    # settings that do not change results may differ too (another machine's data path, checkpoint interval)
+    other_machine = {
+        "data_root": "/elsewhere",
+        "num_workers": 4,
+        "train": {"lr": 0.001, "checkpoint_every": 25},
+    }
+    with caplog.at_level("WARNING"):
+        written = write_run_config({**base, "seeds": [3], **other_machine}, tmp_path)
+    assert written["seeds"] == [0, 1, 3] and written["data_root"] == "/elsewhere" and not caplog.text
     # another config in the same folder replaces it, with a warning naming what differs
     with caplog.at_level("WARNING"):
         write_run_config({**base, "seeds": [2], "train": {"lr": 0.01}}, tmp_path)
-    assert "['train']" in caplog.text
+    assert "['train.lr']" in caplog.text
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [2]

@@ -106,16 +106,26 @@ def write_yaml(obj: Any, path: StrPath) -> Path:
 
 
 #: Config keys that may differ between invocations writing one output folder: seeds run in parallel
-#: (``--seeds 0`` and ``--seeds 1`` into one ``--out``) and ``--resume``.
-_PER_INVOCATION = ("seeds", "resume")
+#: (``--seeds 0`` and ``--seeds 1`` into one ``--out``), ``--resume``, and settings that do not change a
+#: result (where the data lies, loader workers, how often checkpoints are written).
+_PER_INVOCATION = ("seeds", "resume", "data_root", "num_workers", "train.checkpoint_every")
+
+
+def _result_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` flattened one level (``train.lr``) without the :data:`_PER_INVOCATION` keys."""
+    flat: dict[str, Any] = {}
+    for k, v in config.items():
+        items = {f"{k}.{kk}": vv for kk, vv in v.items()} if k == "train" and isinstance(v, dict) else {k: v}
+        flat.update({kk: vv for kk, vv in items.items() if kk not in _PER_INVOCATION})
+    return flat
 
 
 def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     """Write ``out/config.yaml``; returns what was written.
 
     Seeds run by separate invocations into one folder (one process per seed) are recorded together: when
-    the folder's ``config.yaml`` equals ``config`` but for the seeds (and ``resume``), its seeds are kept and
-    the new ones added. A config that differs otherwise replaces it, with a warning, since ``results.csv``
+    the folder's ``config.yaml`` equals ``config`` but for the seeds and the other :data:`_PER_INVOCATION`
+    keys, its seeds are kept and the new ones added (the other keys are this invocation's). A config that differs otherwise replaces it, with a warning, since ``results.csv``
     then holds rows of both.
     """
     out = Path(out)
@@ -124,9 +134,8 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     with exclusive_lock(out):
         old = yaml.safe_load(path.read_text()) if path.exists() else None
         if isinstance(old, dict) and "seeds" in old and "seeds" in new:
-            differ = sorted(
-                k for k in set(old) | set(new) if k not in _PER_INVOCATION and old.get(k) != new.get(k)
-            )
+            a, b = _result_keys(old), _result_keys(new)
+            differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if differ:
                 log.warning(
                     "%s is replaced: the earlier run written there differs in %s, and results.csv holds rows "
