@@ -15,6 +15,9 @@
 #   init_torch         the preset with PyTorch's default initialisation (init=torch), as the official code
 #                      starts, on both datasets: RUNS_DIR/gpu_breast/torch_init and RUNS_DIR/torch_init_pneumonia
 #
+# The preset's resnet18_28 took init=torch after the accept_pneumonia, distill_pneumonia and breast_* runs in
+# the README were made (they used timm's initialisation); those stages now run the current preset.
+#
 # Seeds: $SEEDS (default "0 1 2"), each a process; $CHECKPOINT_EVERY: --checkpoint-every (default 1). Logs go
 # to RUNS_DIR/logs. Seeds that already finished are skipped (--resume, and the bench's own skip), so a stage
 # re-run with more seeds adds them. Python: $PYTHON, else the checkout's .venv, else python3.

@@ -191,6 +191,7 @@ def test_cifar_stem_keeps_28px_resolution_for_medmnist_v2_resnets():
     assert bb.model.conv1.kernel_size == (3, 3) and bb.model.conv1.stride == (1, 1)
     assert isinstance(bb.model.maxpool, torch.nn.Identity)
     assert f.grid == (4, 4)  # 28 -> 28 (stem) -> 4 after the three stride-2 stages
+    assert torch.equal(bb.model.layer1[0].bn2.weight, torch.ones(64))  # the official code's init (init=torch)
     with pytest.raises(ConfigError, match="stem=cifar applies to timm ResNets"):
         create_backbone(f"{TINY['dinov2']}&stem=cifar", pretrained=False, img_size=28)
 
