@@ -28,7 +28,7 @@ from torch import nn
 from .._io import atomic_write
 from .._optional import require
 from ..errors import ConfigError
-from .gradcam import _check_images, _device, _logits, default_target_layer, gradcam_maps
+from .gradcam import check_images, default_target_layer, eval_logits, gradcam_maps, model_device
 
 __all__ = [
     "plot_tsne",
@@ -264,10 +264,10 @@ def plot_gradcam(
         >>> images, labels = batch["image"][:8], batch["label"][:8]  # doctest: +SKIP
         >>> plot_gradcam(clf, images, "cam.png", preprocess=prep, labels=labels)  # doctest: +SKIP
     """
-    images = _check_images(images)
+    images = check_images(images)
     if scores is None:
-        x = preprocess(images.to(_device(model)))
-        probs = torch.softmax(_logits(model, x), dim=1).numpy()
+        x = preprocess(images.to(model_device(model)))
+        probs = torch.softmax(eval_logits(model, x), dim=1).numpy()
     else:
         probs = np.asarray(scores, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] != images.shape[0]:

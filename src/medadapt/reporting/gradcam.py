@@ -114,11 +114,13 @@ def _eval_without_weight_grads(model: nn.Module) -> Iterator[None]:
             p.grad = grad
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
     return next(model.parameters(), torch.empty(0)).device
 
 
-def _check_images(images: torch.Tensor) -> torch.Tensor:
+def check_images(images: torch.Tensor) -> torch.Tensor:
+    """``images`` as a tensor, checked to be a raw batch ``[N, C, H, W]`` with 1 or 3 channels."""
     images = torch.as_tensor(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ConfigError(f"images must be a batch [N, C, H, W] with C = 1 or 3, got {tuple(images.shape)}")
@@ -138,7 +140,8 @@ def _to_image_size(cams: np.ndarray, hw: tuple[int, int], mode: str) -> np.ndarr
     return (t / torch.where(peak > 0, peak, 1.0)).numpy()
 
 
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode without gradients, float32 on the CPU; the model's modes are restored."""
     with _eval_without_weight_grads(model), torch.no_grad():
         return model(x).float().cpu()
 
@@ -169,11 +172,11 @@ def gradcam_maps(
     """
     gradcam = require("pytorch_grad_cam", extra="plots", package="grad-cam")
     model_targets = require("pytorch_grad_cam.utils.model_targets", extra="plots", package="grad-cam")
-    images = _check_images(images)
+    images = check_images(images)
     if targets is not None and len(targets) != images.shape[0]:
         raise ConfigError(f"targets has {len(targets)} entries for {images.shape[0]} images")
     layer = target_layer if target_layer is not None else default_target_layer(model)
-    device = _device(model)
+    device = model_device(model)
     maps = []
     with _eval_without_weight_grads(model):
         x = preprocess(images.to(device)).detach()
