@@ -59,12 +59,18 @@ class Prefix(MedicalDataset):
 
 
 def add_data_args(
-    parser: argparse.ArgumentParser, *, dataset: str = "breastmnist", train_limit: bool = False
+    parser: argparse.ArgumentParser,
+    *,
+    dataset: str = "breastmnist",
+    train_limit: bool = False,
+    synthetic: bool = True,
 ) -> None:
+    """``--dataset`` and ``--data-root`` (and ``--limit``); ``synthetic=False`` for benches of real data only."""
+    also = f" or {SYNTHETIC!r}" if synthetic else ""
     parser.add_argument(
         "--dataset",
         default=dataset,
-        help=f"MedMNIST flag (28 px files in --data-root) or {SYNTHETIC!r} (default: %(default)s)",
+        help=f"MedMNIST flag (28 px files in --data-root){also} (default: %(default)s)",
     )
     parser.add_argument(
         "--data-root",

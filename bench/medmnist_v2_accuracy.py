@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from _common import apply_threads, machine, markdown_table, report
+from _common import add_data_args, apply_threads, machine, markdown_table, report
 from medmnist_v2_speed import PROTOCOL_EPOCHS, official_run, preset_config
 from scipy import stats
 
@@ -47,14 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--dataset", default="breastmnist", help="MedMNIST flag, 28 px (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--data-root",
-        default=os.environ.get("MEDADAPT_DATA"),
-        help="folder holding the MedMNIST .npz files (default: $MEDADAPT_DATA)",
-    )
+    add_data_args(parser, synthetic=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(default: %(default)s)")
     parser.add_argument(
         "--epochs", type=int, default=PROTOCOL_EPOCHS, help="the protocol's (default: %(default)s)"
