@@ -125,8 +125,8 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
 
     Seeds run by separate invocations into one folder (one process per seed) are recorded together: when
     the folder's ``config.yaml`` equals ``config`` but for the seeds and the other :data:`_PER_INVOCATION`
-    keys, its seeds are kept and the new ones added (the other keys are this invocation's). A config that differs otherwise replaces it, with a warning, since ``results.csv``
-    then holds rows of both.
+    keys, its seeds are kept and the new ones added (the other keys are this invocation's). A config that
+    differs otherwise replaces it, with a warning, since ``results.csv`` then holds rows of both.
     """
     out = Path(out)
     path = out / "config.yaml"

@@ -83,8 +83,8 @@ class FitResult:
     ``val_loss``); ``cost`` has ``total_params``, ``trainable_params`` (the most during training, e.g.
     after the last unfreezing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on a GPU, else
     the process's peak resident memory during this fit on Linux, including what the process already held
-    (data, models), and the process's all-time peak elsewhere), ``wall_seconds`` and ``train_seconds`` (summed over resumed sessions),
-    ``train_images_per_second`` and ``epochs``.
+    (data, models), and the process's all-time peak elsewhere), ``wall_seconds`` and ``train_seconds``
+    (summed over resumed sessions), ``train_images_per_second`` and ``epochs``.
     """
 
     model: nn.Module
