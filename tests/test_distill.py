@@ -258,7 +258,7 @@ def test_distill_from_a_backbone_teacher_end_to_end(tmp_path, monkeypatch, capsy
     assert "student alone" in printed and "figures:" in printed
 
 
-def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch):
+def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch, capsys):
     write_fake_medmnist(tmp_path / "data", monkeypatch)
     ft = ["finetune", "--dataset", "medmnist:breastmnist", "--backbone", STUDENT, "--no-pretrained",
           "--strategy", "scratch", "--data-root", str(tmp_path / "data"), "--epochs", "1",
@@ -273,6 +273,22 @@ def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch):
     assert "ensemble of 2" in table.query("run == 'teacher'")["backbone"].iloc[0]
     comparison = pd.read_csv(out / "comparison.csv")
     assert list(comparison["seeds"]) == [2, 2, 2]
+
+    # --teacher-pairing seed: student seed S is taught by the teacher of seed S alone
+    paired = tmp_path / "paired"
+    args = _distill(tmp_path, "--teacher", str(tmp_path / "teacher"), "--teacher-pairing", "seed",
+                    "--no-figures", "--no-baseline", "--seeds", "1", "--out", str(paired))  # fmt: skip
+    assert main(args) == 0
+    teacher_rows = pd.read_csv(paired / "results.csv").query("run == 'teacher' and split == 'test'")
+    assert "single model" in teacher_rows["backbone"].iloc[0]
+    own = pd.read_csv(tmp_path / "teacher" / "results.csv").query("seed == 1 and split == 'test'")
+    for m in ("auc", "acc"):  # the seed-1 teacher's own test scores
+        got, expected = (t.loc[t["metric"] == m, "value"].iloc[0] for t in (teacher_rows, own))
+        assert got == pytest.approx(expected, abs=1e-6)
+    missing = _distill(tmp_path, "--teacher", str(tmp_path / "teacher"), "--teacher-pairing", "seed",
+                       "--no-figures", "--seeds", "5", "--out", str(tmp_path / "none"))  # fmt: skip
+    assert main(missing) == 2
+    assert "no teacher model of seed 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

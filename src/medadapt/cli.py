@@ -133,6 +133,9 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-no-pretrained", dest="teacher_pretrained", action="store_const", const=False,
                    default=None, help="random-init backbone teacher (for tests and offline checks)")  # fmt: skip
     p.add_argument("--teacher-channel-mode", help="gray images into a backbone teacher (default sum)")
+    p.add_argument("--teacher-pairing",
+                   help="saved teachers: 'ensemble' (default; every model found, for every seed) or 'seed' "
+                   "(student seed S taught by the teacher models of seed S)")  # fmt: skip
     p.add_argument("--alpha", type=float, help="weight of the label loss (default 0.2)")
     p.add_argument("--temperature", type=float, help="softmax temperature t (default 2.0)")
     p.add_argument("--alphas", type=float, nargs="+", help="ablation grid over alpha (with --temperatures)")

@@ -28,6 +28,9 @@ __all__ = [
 HEAD_NAMES = ("linear", "attention", "knn")
 RESIZE_MODES = ("resize", "pad")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+#: How a saved teacher meets the student's seeds: every model found as one ensemble, or the models of the
+#: student's seed.
+TEACHER_PAIRINGS = ("ensemble", "seed")
 
 
 def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
@@ -148,8 +151,9 @@ class FinetuneConfig(RunConfig):
 class DistillConfig(FinetuneConfig):
     """A distillation run: a frozen ``teacher`` into a student ``backbone`` trained as :class:`FinetuneConfig`.
 
-    ``teacher`` lists run directories / saved-model folders (every model found joins one ensemble) or one
-    backbone address, whose linear probe is trained first per seed (``teacher_*`` settings). The student
+    ``teacher`` lists run directories / saved-model folders (every model found joins one ensemble, or with
+    ``teacher_pairing="seed"`` only the models of the student's seed) or one backbone address, whose linear
+    probe is trained first per seed (``teacher_*`` settings). The student
     trains alone (``baseline``) and distilled at ``alpha`` / ``temperature``; ``alphas`` / ``temperatures``
     make an ablation grid instead (one distilled arm per pair).
     """
@@ -162,6 +166,7 @@ class DistillConfig(FinetuneConfig):
     teacher_weights: str | None = None
     teacher_img_size: int | None = None
     teacher_channel_mode: str = "sum"
+    teacher_pairing: str = "ensemble"
     alpha: float = 0.2
     temperature: float = 2.0
     alphas: list[float] = field(default_factory=list)
@@ -184,6 +189,7 @@ class DistillConfig(FinetuneConfig):
                 "probe is trained first (e.g. --teacher timm:vit_base_patch14_dinov2.lvd142m)"
             )
         choice(self.teacher_channel_mode, CHANNEL_MODES, "--teacher-channel-mode")
+        choice(self.teacher_pairing, TEACHER_PAIRINGS, "--teacher-pairing")
         _positive(self.teacher_img_size, "--teacher-img-size", allow_none=True)
         _positive(self.gradcam_images, "--gradcam-images")
         _positive(self.tsne_points, "--tsne-points")

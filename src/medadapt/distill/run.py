@@ -88,8 +88,9 @@ def distill(
 
 # ------------------------------------------------------------------------------------------------ teacher
 def _teacher_key(cfg: DistillConfig, seed: int) -> Any:
-    """Saved teachers are one (ensemble) model for every seed; a backbone teacher's probe is trained per seed."""
-    return seed if _is_backbone_address(cfg) else "saved"
+    """Saved teachers are one (ensemble) model for every seed unless paired by seed (``teacher_pairing``); a
+    backbone teacher's probe is trained per seed."""
+    return seed if _is_backbone_address(cfg) or cfg.teacher_pairing == "seed" else "saved"
 
 
 def _is_backbone_address(cfg: DistillConfig) -> bool:
@@ -109,7 +110,7 @@ def _teacher_for_seed(cfg, seed, splits, out, device, teachers, show_progress):
             paths = [_train_probe_teacher(cfg, seed, out, show_progress)]
         else:
             paths = cfg.teacher
-        teacher = Teacher.from_paths(paths)
+        teacher = Teacher.from_paths(paths, seed=seed if cfg.teacher_pairing == "seed" else None)
         teacher.check_dataset(splits["train"])
         log.info("teacher for seed %d: %s", seed, teacher.describe())
         logits = {

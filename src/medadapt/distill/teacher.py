@@ -70,8 +70,11 @@ class Teacher:
             m.model.eval().requires_grad_(False)
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | Path]) -> Teacher:
-        """Every saved model at or under ``paths`` (run directories or model folders) as one teacher."""
+    def from_paths(cls, paths: Sequence[str | Path], *, seed: int | None = None) -> Teacher:
+        """Every saved model at or under ``paths`` (run directories or model folders) as one teacher.
+
+        With ``seed``, only the models trained with that seed (``model.json``'s ``seed``) join.
+        """
         folders: list[Path] = []
         for path in paths:
             found = find_saved(path)
@@ -82,10 +85,17 @@ class Teacher:
                     "timm:vit_base_patch14_dinov2.lvd142m, whose linear probe is then trained first"
                 )
             folders += found
-        members = []
+        members, seeds = [], set()
         for folder in folders:
             model, preprocess, info = load_classifier(folder)
-            members.append(TeacherMember(model, preprocess, info, str(folder)))
+            seeds.add(info.seed)
+            if seed is None or info.seed == seed:
+                members.append(TeacherMember(model, preprocess, info, str(folder)))
+        if not members:
+            raise ConfigError(
+                f"no teacher model of seed {seed} under {[str(p) for p in paths]} (their seeds: "
+                f"{sorted(seeds, key=str)}); run the teacher with that seed, or use --teacher-pairing ensemble"
+            )
         return cls(members)
 
     def describe(self) -> str:
