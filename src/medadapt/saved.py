@@ -25,7 +25,15 @@ from ._io import atomic_write
 from .data.transforms import Preprocess
 from .errors import WeightsError
 
-__all__ = ["MODEL_FILE", "WEIGHTS_FILE", "ModelInfo", "save_classifier", "load_classifier", "find_saved"]
+__all__ = [
+    "MODEL_FILE",
+    "WEIGHTS_FILE",
+    "ModelInfo",
+    "save_classifier",
+    "load_classifier",
+    "read_info",
+    "find_saved",
+]
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -69,11 +77,8 @@ def save_classifier(folder: str | Path, model: nn.Module, info: ModelInfo) -> Pa
     return folder
 
 
-def load_classifier(folder: str | Path) -> tuple[nn.Module, Preprocess, ModelInfo]:
-    """Rebuild the saved classifier (eval mode, on the CPU), its preprocessing and its :class:`ModelInfo`."""
-    from .backbones import create_backbone
-    from .strategies import build_classifier
-
+def read_info(folder: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` of a saved model folder, without building the model (both files checked)."""
     folder = Path(folder)
     for name in (MODEL_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
@@ -82,10 +87,18 @@ def load_classifier(folder: str | Path) -> tuple[nn.Module, Preprocess, ModelInf
                 "written by `medadapt probe` / `medadapt finetune` into each run's seed folder"
             )
     try:
-        raw = json.loads((folder / MODEL_FILE).read_text())
-        info = ModelInfo(**raw)
+        return ModelInfo(**json.loads((folder / MODEL_FILE).read_text()))
     except (json.JSONDecodeError, TypeError) as e:
         raise WeightsError(f"{folder / MODEL_FILE} is not a medadapt model description: {e}") from e
+
+
+def load_classifier(folder: str | Path) -> tuple[nn.Module, Preprocess, ModelInfo]:
+    """Rebuild the saved classifier (eval mode, on the CPU), its preprocessing and its :class:`ModelInfo`."""
+    from .backbones import create_backbone
+    from .strategies import build_classifier
+
+    folder = Path(folder)
+    info = read_info(folder)
     head_only = info.stored == "head"
     backbone = create_backbone(
         info.backbone,

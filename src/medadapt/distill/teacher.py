@@ -30,7 +30,7 @@ from ..data.transforms import Preprocess
 from ..errors import ConfigError
 from ..features import extract_features
 from ..features.cache import state_digest
-from ..saved import ModelInfo, find_saved, load_classifier
+from ..saved import ModelInfo, find_saved, load_classifier, read_info
 
 __all__ = ["Teacher", "TeacherMember", "combine_logits"]
 
@@ -85,17 +85,19 @@ class Teacher:
                     "timm:vit_base_patch14_dinov2.lvd142m, whose linear probe is then trained first"
                 )
             folders += found
-        members, seeds = [], set()
+        if seed is not None:  # read the descriptions only; build just the models of this seed
+            seeds = {f: read_info(f).seed for f in folders}
+            folders = [f for f in folders if seeds[f] == seed]
+            if not folders:
+                raise ConfigError(
+                    f"no teacher model of seed {seed} under {[str(p) for p in paths]} (their seeds: "
+                    f"{sorted(set(seeds.values()), key=str)}); run the teacher with that seed, or use "
+                    "--teacher-pairing ensemble"
+                )
+        members = []
         for folder in folders:
             model, preprocess, info = load_classifier(folder)
-            seeds.add(info.seed)
-            if seed is None or info.seed == seed:
-                members.append(TeacherMember(model, preprocess, info, str(folder)))
-        if not members:
-            raise ConfigError(
-                f"no teacher model of seed {seed} under {[str(p) for p in paths]} (their seeds: "
-                f"{sorted(seeds, key=str)}); run the teacher with that seed, or use --teacher-pairing ensemble"
-            )
+            members.append(TeacherMember(model, preprocess, info, str(folder)))
         return cls(members)
 
     def describe(self) -> str:
