@@ -32,7 +32,7 @@ from scipy import stats
 
 from medadapt._device import resolve_device
 from medadapt.api import load_splits
-from medadapt.reporting import environment_info, read_results, results_rows, write_json, write_results
+from medadapt.reporting import environment_info, read_results, results_rows, write_environment, write_results
 
 # the README's accuracy table (mean ± std, the published number beside it) comes from scripts/finetune_table.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -112,9 +112,18 @@ def where(folder: Path) -> str:
     if not env.is_file():
         return "not recorded (no env.json)"
     info = json.loads(env.read_text())
+    text = _environment(info)
+    earlier = [_environment(e) for e in info.get("earlier", [])]
+    return text + (f"; earlier invocations: {'; '.join(earlier)}" if earlier else "")
+
+
+def _environment(info: dict) -> str:
     hardware = info.get("gpu") if str(info.get("device", "")).startswith("cuda") else info.get("cpu")
     torch_version = (info.get("packages") or {}).get("torch")
-    return f"{info.get('device')} ({hardware}), torch {torch_version}, git {str(info.get('git_sha'))[:7]}"
+    dirty = " (dirty)" if info.get("git_dirty") else ""
+    return (
+        f"{info.get('device')} ({hardware}), torch {torch_version}, git {str(info.get('git_sha'))[:7]}{dirty}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(todo) < len(args.seeds):
         print(f"seeds {sorted(done & set(args.seeds))}: already in {results}, skipped", file=sys.stderr)
     if todo:
-        write_json(environment_info(seed=todo, device=str(device)), out / "env.json")
+        write_environment(environment_info(seed=todo, device=str(device)), out)
     for seed in todo:
         print(
             f"official reference loop: {args.dataset}, seed {seed}, {args.epochs} epochs ...", file=sys.stderr

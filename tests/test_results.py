@@ -24,6 +24,7 @@ from medadapt.reporting import (
     read_results,
     results_rows,
     save_predictions,
+    write_environment,
     write_json,
     write_results,
     write_run_config,
@@ -220,6 +221,21 @@ def test_environment_info_reads_git_state(tmp_path: Path) -> None:
     assert info["git_sha"] == git("rev-parse", "HEAD") and info["git_dirty"] is False
     (tmp_path / "f.txt").write_text("b")
     assert environment_info(seed=0, device="cpu", repo_dir=tmp_path)["git_dirty"] is True
+
+
+def test_write_environment_keeps_each_invocations_environment(tmp_path: Path) -> None:
+    info = environment_info(seed=[0], device="cpu", repo_dir=tmp_path)
+    write_environment(info, tmp_path)
+    # another seed, same environment (a parallel process): one record, the seeds gathered
+    got = write_environment({**info, "seed": [2], "timestamp": "later"}, tmp_path)
+    assert got["seed"] == [0, 2] and "earlier" not in got
+    # a resume after a commit: the record keeps what made the earlier epochs
+    got = write_environment({**info, "seed": [1], "git_sha": "abc"}, tmp_path)
+    assert got["git_sha"] == "abc" and got["seed"] == [1]
+    assert [e["seed"] for e in got["earlier"]] == [[0, 2]] and got["earlier"][0]["git_sha"] is None
+    got = write_environment({**info, "seed": [1], "device": "cuda:0"}, tmp_path)
+    assert [e.get("git_sha") for e in got["earlier"]] == [None, "abc"]
+    assert json.loads((tmp_path / "env.json").read_text()) == got
 
 
 def test_environment_info_imports_no_heavy_packages() -> None:

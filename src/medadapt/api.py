@@ -30,7 +30,7 @@ from .reporting.results import (
     environment_info,
     results_rows,
     save_predictions,
-    write_json,
+    write_environment,
     write_results,
     write_run_config,
 )
@@ -78,7 +78,7 @@ def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDat
     splits = load_splits(cfg)
     img_size = _image_size(cfg, splits["train"])
     written = write_run_config({**cfg.to_dict(), "img_size": img_size}, out)
-    write_json(environment_info(seed=written["seeds"], device=str(device)), out / "env.json")
+    write_environment(environment_info(seed=written["seeds"], device=str(device)), out)
     return out, device, splits, img_size
 
 
@@ -222,10 +222,15 @@ def _extract(cfg, backbone, dataset, preprocess, device, show_progress) -> Featu
         bar.close()
 
 
-def _epoch_bar(epochs: int, desc: str):
-    bar = tqdm(total=epochs, desc=desc, unit="epoch")
+def _epoch_bar(epochs: int, desc: str, *, resume: bool = False):
+    """An epoch progress bar; with ``resume`` it starts after the first epoch run, at the checkpoint's epoch
+    (so that its rate and time left count only the epochs run now)."""
+    bar = None if resume else tqdm(total=epochs, desc=desc, unit="epoch")
 
     def progress(epoch: int, epochs: int, record: dict) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=epochs, initial=epoch - 1, desc=desc, unit="epoch")
         bar.update(epoch - bar.n)
         if epoch == epochs:
             bar.close()
@@ -341,7 +346,7 @@ def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int
     preprocess = _preprocess(cfg, backbone, img_size)
     settings = {**cfg.train, "lr": lr, "seed": seed, "device": str(device), "num_workers": cfg.num_workers}
     tcfg = TrainConfig(**{"autocast": cfg.autocast, **settings})
-    bar = _epoch_bar(tcfg.epochs, desc) if desc else None
+    bar = _epoch_bar(tcfg.epochs, desc, resume=cfg.resume) if desc else None
     result = fit(model, strategy, train, splits["val"], cfg=tcfg, preprocess=preprocess, out_dir=run_dir,
                  resume=cfg.resume, progress=bar, objective=objective)  # fmt: skip
     return result, backbone, preprocess, tcfg, strategy

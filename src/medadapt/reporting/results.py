@@ -41,6 +41,7 @@ __all__ = [
     "save_predictions",
     "load_predictions",
     "environment_info",
+    "write_environment",
     "atomic_write",
     "write_json",
     "write_run_config",
@@ -309,6 +310,41 @@ def environment_info(*, seed: int | None, device: Any, repo_dir: StrPath | None 
         "gpu": _gpu_name(device),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+#: env.json keys that differ between invocations of one run without changing what made it.
+_ENV_PER_INVOCATION = ("seed", "timestamp", "earlier")
+
+
+def write_environment(info: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
+    """Write ``out/env.json`` (an :func:`environment_info`); returns what was written.
+
+    A folder filled by several invocations (one process per seed, a run resumed in a later session) keeps
+    the environment of each: when the folder's ``env.json`` differs from ``info`` in more than
+    :data:`_ENV_PER_INVOCATION` (another git commit, torch version or device), the earlier environments are
+    kept under ``"earlier"``, oldest first, so the record never claims that all results came from the last.
+    """
+    path = Path(out) / "env.json"
+    new = dict(info)
+    with exclusive_lock(out):
+        old = json.loads(path.read_text()) if path.exists() else None
+        if isinstance(old, dict):
+            earlier = list(old.get("earlier", []))
+            same = {k: v for k, v in old.items() if k not in _ENV_PER_INVOCATION}
+            if same != {k: v for k, v in new.items() if k not in _ENV_PER_INVOCATION}:
+                earlier.append({k: v for k, v in old.items() if k != "earlier"})
+            else:  # one environment: its seeds are gathered, as in config.yaml
+                new["seed"] = sorted({*_seed_list(old.get("seed")), *_seed_list(new.get("seed"))})
+            if earlier:
+                new["earlier"] = earlier
+        write_json(new, path)
+    return new
+
+
+def _seed_list(seed: Any) -> list[int]:
+    if seed is None:
+        return []
+    return [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [int(seed)]
 
 
 def _version(distribution: str) -> str | None:
