@@ -45,6 +45,16 @@ def test_probe_writes_tidy_results_predictions_config_env(env, capsys):
     assert "test" in capsys.readouterr().out
 
 
+def test_config_records_the_address_an_alias_named(env):
+    out = env / "alias"
+    args = _probe(env, "--out", str(out), "--head", "knn", "--ks", "3")
+    args[args.index("--backbone") + 1] = "resnet18_28"
+    assert main(args) == 0
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["backbone"] == "resnet18_28"
+    assert written["backbone_address"] == "timm:resnet18?stem=cifar&init=torch"
+
+
 def test_second_identical_run_uses_the_feature_cache(env):
     assert main(_probe(env, "--out", str(env / "a"))) == 0
     entries = sorted(p.name for p in (env / "cache").iterdir() if not p.name.startswith("."))

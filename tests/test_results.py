@@ -278,3 +278,20 @@ def test_run_config_gathers_the_seeds_of_parallel_invocations(tmp_path: Path, ca
         write_run_config({**base, "seeds": [2], "train": {"lr": 0.01}}, tmp_path)
     assert "['train.lr']" in caplog.text
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [2]
+
+
+def test_run_config_tells_an_old_alias_from_the_address_it_names_now(tmp_path: Path, caplog) -> None:
+    """config.yaml written before it recorded ``backbone_address``: an address is its own, an alias is not."""
+    base = {"dataset": "d", "seeds": [0], "train": {"lr": 0.001}}
+    address = "timm:resnet18?stem=cifar&init=torch"
+    write_yaml({**base, "backbone": address}, tmp_path / "a" / "config.yaml")
+    with caplog.at_level("WARNING"):
+        written = write_run_config({**base, "seeds": [1], "backbone": address, "backbone_address": address},
+                                   tmp_path / "a")  # fmt: skip
+    assert written["seeds"] == [0, 1] and not caplog.text
+    # the alias may have named another model when the old seeds ran: not gathered, and the warning says why
+    write_yaml({**base, "backbone": "resnet18_28"}, tmp_path / "b" / "config.yaml")
+    with caplog.at_level("WARNING"):
+        written = write_run_config({**base, "seeds": [1], "backbone": "resnet18_28", "backbone_address": address},
+                                   tmp_path / "b")  # fmt: skip
+    assert written["seeds"] == [1] and "['backbone_address']" in caplog.text

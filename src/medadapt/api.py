@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ._device import resolve_device, seeded
 from .backbones import create_backbone
+from .backbones._factory import resolve_alias
 from .config import FinetuneConfig, ProbeConfig, RunConfig
 from .data import SPLITS, MedicalDataset, load_dataset
 from .data.transforms import Preprocess
@@ -77,7 +78,9 @@ def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDat
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
     img_size = _image_size(cfg, splits["train"])
-    written = write_run_config({**cfg.to_dict(), "img_size": img_size}, out)
+    # an alias names whatever the catalogue says now; config.yaml keeps what this run built
+    address = {"backbone_address": resolve_alias(cfg.backbone)}
+    written = write_run_config({**cfg.to_dict(), **address, "img_size": img_size}, out)
     write_environment(environment_info(seed=written["seeds"], device=str(device)), out)
     return out, device, splits, img_size
 
