@@ -11,6 +11,7 @@ from synthetic import write_fake_medmnist
 from medadapt.cli import build_parser, main
 from medadapt.evaluation.metrics import auc
 from medadapt.reporting.results import load_predictions
+from medadapt.saved import read_info
 
 TINY_VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2"
 
@@ -47,12 +48,13 @@ def test_probe_writes_tidy_results_predictions_config_env(env, capsys):
 
 def test_config_records_the_address_an_alias_named(env):
     out = env / "alias"
-    args = _probe(env, "--out", str(out), "--head", "knn", "--ks", "3")
+    args = _probe(env, "--out", str(out), "--lrs", "1e-3")
     args[args.index("--backbone") + 1] = "resnet18_28"
     assert main(args) == 0
     written = yaml.safe_load((out / "config.yaml").read_text())
-    assert written["backbone"] == "resnet18_28"
-    assert written["backbone_address"] == "timm:resnet18?stem=cifar&init=torch"
+    address = "timm:resnet18?stem=cifar&init=torch"
+    assert written["backbone"] == "resnet18_28" and written["backbone_address"] == address
+    assert read_info(out / "models" / "seed0").backbone == address  # the saved model rebuilds what ran
 
 
 def test_second_identical_run_uses_the_feature_cache(env):

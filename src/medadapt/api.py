@@ -176,7 +176,7 @@ def _model_info(cfg: RunConfig, model, train: MedicalDataset, preprocess: Prepro
                 strategy: str, stored: str) -> ModelInfo:  # fmt: skip
     """How to rebuild ``model`` later (see :mod:`medadapt.saved`)."""
     return ModelInfo(
-        backbone=cfg.backbone,
+        backbone=resolve_alias(cfg.backbone),  # the address: an alias may name another model later
         head=cfg.head,
         num_outputs=train.num_outputs,
         task=train.task,
