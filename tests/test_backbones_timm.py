@@ -207,6 +207,16 @@ def test_init_torch_restores_pytorch_default_initialisation():
     assert 2.2 < float(ratio) < 2.7  # timm's kaiming fan-out normal: sqrt(6) ~ 2.45x larger
     assert float(timm_init.layer1[0].bn2.weight.detach().abs().sum()) == 0  # timm's zero_init_last ...
     assert torch.equal(torch_init.layer1[0].bn2.weight, torch.ones(64))  # ... undone
+    # the classifier's head too: the official ResNet's fc is a default nn.Linear, U(+-1/sqrt(512)) with a bias
+    from medadapt.strategies import build_classifier
+
+    bb = create_backbone("timm:resnet18?stem=cifar&init=torch", pretrained=False, img_size=28)
+    fc = build_classifier(bb, "linear", 2).head.fc.requires_grad_(False)
+    bound = 1 / math.sqrt(512)
+    assert 0.95 * bound < float(fc.weight.abs().max()) <= bound and float(fc.bias.abs().min()) > 0
+    timm_bb = create_backbone("timm:resnet18?stem=cifar", pretrained=False, img_size=28)
+    fc = build_classifier(timm_bb, "linear", 2).head.fc.requires_grad_(False)
+    assert float(fc.weight.std()) < 0.015 and float(fc.bias.abs().max()) == 0  # medadapt's head otherwise
     with pytest.raises(ConfigError, match="init=torch re-initialises every weight"):
         create_backbone("timm:resnet18?init=torch", pretrained=True, img_size=28)
     with pytest.raises(ConfigError, match="only init option is init=torch"):

@@ -98,3 +98,30 @@ def test_medmnist_v2_preset_is_the_official_protocol():
     assert p["train"] == {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 100,
                           "schedule": "multistep", "milestones": [50, 75], "gamma": 0.1, "augment": "none",
                           "select_on": "val_auc_first"}  # fmt: skip
+
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads ``1e-7`` as a string (YAML 1.1); options, config files and addresses take it as a float."""
+    from medadapt._address import split_address
+    from medadapt.backbones._factory import SOURCES
+    from medadapt.cli import _training_config, build_parser
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train: {lr: 1e-4, weight_decay: 5e-2}\nlrs: [1e-3, 1e-4]\n")
+    args = build_parser().parse_args(["finetune", "--dataset", "medmnist:breastmnist", "--backbone", TINY_VIT,
+                                      "--config", str(cfg_file), "--strategy", "differential",
+                                      "--option", "encoder_lr=1e-7", "--option", "head_lr=-2E+3"])  # fmt: skip
+    cfg = _training_config(FinetuneConfig, args)
+    assert cfg.strategy_options == {"encoder_lr": 1e-7, "head_lr": -2000.0}
+    assert cfg.train == {"lr": 1e-4, "weight_decay": 0.05} and cfg.lrs == [1e-3, 1e-4]
+    assert split_address("timm:resnet18?drop_rate=1e-1&name=a1e", SOURCES, what="backbone", example="")[2] == {
+        "drop_rate": 0.1, "name": "a1e"}  # fmt: skip
+
+
+def test_distill_refuses_a_preset_with_arms(data, capsys):
+    args = ["distill", "--dataset", "medmnist:breastmnist", "--student", "timm:resnet18", "--teacher", TINY_VIT,
+            "--data-root", str(data / "data"), "--preset", "cxr_fm", "--out", str(data / "d")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "arms ['differential', 'linear-probe']" in err and "medmnist_v2" in err
+    assert not (data / "d").exists()  # refused before any work

@@ -6,9 +6,8 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
-import yaml
-
 from ._registry import Registry
+from ._yaml import load as load_yaml_text
 from .errors import ConfigError
 
 __all__ = ["split_address", "format_address"]
@@ -30,7 +29,7 @@ def split_address(text: str, kinds: Registry, *, what: str, example: str) -> tup
         raise ConfigError(
             f"the options of {what} address {text!r} are not key=value pairs joined by &"
         ) from e
-    return kind, location, {k: yaml.safe_load(v) for k, v in pairs}
+    return kind, location, {k: load_yaml_text(v) for k, v in pairs}
 
 
 def format_address(kind: str, location: str, options: dict[str, Any]) -> str:

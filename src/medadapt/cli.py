@@ -219,14 +219,14 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _key_values(items: list[str]) -> dict[str, Any]:
-    import yaml
+    from ._yaml import load as load_yaml_text
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--option {item!r} is not KEY=VALUE (e.g. --option r=8)")
-        out[key] = yaml.safe_load(value)
+        out[key] = load_yaml_text(value)
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ._validate import choice
+from ._yaml import load as load_yaml_text
 from .backbones.base import CHANNEL_MODES
 from .errors import ConfigError
 
@@ -188,6 +189,13 @@ class DistillConfig(FinetuneConfig):
                 "--teacher is required: a probe / finetune run directory, or a backbone address whose linear "
                 "probe is trained first (e.g. --teacher timm:vit_base_patch14_dinov2.lvd142m)"
             )
+        if self.arms:
+            with_arms = [n for n in preset_names() if load_preset(n).get("arms")]
+            raise ConfigError(
+                f"distill trains one student recipe, but the configuration has arms "
+                f"{[a.get('name') for a in self.arms]} (as the presets {with_arms} do, for finetune); use a "
+                "preset without arms (medmnist_v2) or give --strategy and the training flags"
+            )
         choice(self.teacher_channel_mode, CHANNEL_MODES, "--teacher-channel-mode")
         choice(self.teacher_pairing, TEACHER_PAIRINGS, "--teacher-pairing")
         _positive(self.teacher_img_size, "--teacher-img-size", allow_none=True)
@@ -211,7 +219,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"--config {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml_text(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {str(p)!r} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -259,7 +267,7 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; valid: {names}")
     text = resources.files("medadapt").joinpath(f"configs/{name}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    data = load_yaml_text(text) or {}
     data.pop("description", None)
     data.pop("reference", None)
     return {k.replace("-", "_"): v for k, v in data.items()}

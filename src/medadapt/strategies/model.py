@@ -31,5 +31,21 @@ class Classifier(nn.Module):
 
 
 def build_classifier(backbone: Backbone, head: str, num_outputs: int, **head_kwargs) -> Classifier:
-    """A trainable classifier; ``head`` is ``linear`` or ``attention`` (kNN is not trainable end to end)."""
-    return Classifier(backbone, create_head(head, backbone.num_features, num_outputs, **head_kwargs))
+    """A trainable classifier; ``head`` is ``linear`` or ``attention`` (kNN is not trainable end to end).
+
+    A backbone built with ``init=torch`` (PyTorch's default initialisation, as in the official MedMNIST v2
+    ResNets, whose ``fc`` is a default ``nn.Linear``) gets a head initialised the same way, so that the whole
+    network starts as the official one does.
+    """
+    module = create_head(head, backbone.num_features, num_outputs, **head_kwargs)
+    if _torch_init(backbone):
+        for layer in module.modules():
+            if callable(getattr(layer, "reset_parameters", None)):
+                layer.reset_parameters()
+    return Classifier(backbone, module)
+
+
+def _torch_init(backbone: Backbone) -> bool:
+    from ..backbones._factory import BackboneAddress
+
+    return BackboneAddress.parse(backbone.spec.address).kwargs.get("init") == "torch"
