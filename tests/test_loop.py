@@ -22,6 +22,7 @@ from medadapt.training.checkpoint import CHECKPOINT_NAME
 from medadapt.training.loop import (
     FitResult,
     TrainConfig,
+    best_run,
     class_weights,
     fit,
     make_criterion,
@@ -246,6 +247,18 @@ def test_official_medmnist_rule_keeps_the_first_epoch_of_the_highest_auc(monkeyp
     res = fit(make_model(), Full(), SquareDataset(), SquareDataset(32, 1, "val"),
               cfg=cfg(epochs=4, select_on="val_auc_first"), preprocess=PREP)  # fmt: skip
     assert res.best_epoch == 2 and res.best_val_loss == 0.9  # val_auc would take epoch 3 (lower loss)
+
+
+@pytest.mark.parametrize(
+    ("select_on", "best"), [("val_loss", 1), ("val_auc", 0), ("val_auc_first", 0), ("last", 0)]
+)
+def test_lr_search_picks_by_the_runs_own_rule(select_on, best):
+    runs = [
+        {"val_auc": 0.9, "val_loss": 0.5},
+        {"val_auc": 0.8, "val_loss": 0.3},
+        {"val_auc": 0.9, "val_loss": 0.5},
+    ]
+    assert best_run(runs, select_on) == best  # and a tie (runs 0 and 2) goes to the first
 
 
 def test_class_weights():

@@ -183,6 +183,19 @@ def test_no_weight_decay_on_biases_norms_and_1d(strategy, request) -> None:
             assert g["name"].endswith("_no_decay") == exempt, name
 
 
+@pytest.mark.parametrize("family", ["vit", "hf_dinov2", "open_clip"])
+def test_token_and_position_embeddings_are_not_decayed_from_any_source(family, request) -> None:
+    model, _ = _classifier(family, request)
+    skip = no_weight_decay_names(model)
+    embeddings = {
+        n for n, _ in model.named_parameters() if any(k in n for k in ("cls", "position", "pos_embed"))
+    }
+    assert (
+        embeddings and embeddings <= skip
+    )  # timm and open_clip list them; HFBackbone lists them for transformers
+    assert not any("patch" in n for n in skip)  # the patch projection is decayed as any matrix
+
+
 def test_scratch_is_full_from_random_init() -> None:
     assert STRATEGIES.get("scratch").pretrained is False
     assert all(STRATEGIES.get(n).pretrained for n in STRATEGIES if n != "scratch")
@@ -332,6 +345,37 @@ def test_unfreeze_keeps_frozen_stages_in_eval_mode(request) -> None:
     _steps(model, optimizer, size)
     assert not model.backbone.model.layer1.training and model.backbone.model.layer4.training
     assert all(torch.equal(b, buffers[n]) for n, b in model.backbone.model.layer1.named_buffers())
+
+
+def test_unfreeze_keeps_dropout_on_in_the_stages_that_train() -> None:
+    """Drop-path / dropout of a joined block stay on (as in full fine-tuning); those of frozen blocks are off."""
+    bb = create_backbone(
+        f"{VIT[0]}&depth=3&drop_path_rate=0.2&proj_drop_rate=0.1", pretrained=False, img_size=28
+    )
+    model = build_classifier(bb, "linear", 3)
+    s = create_strategy("unfreeze", every=1)
+    optimizer = torch.optim.AdamW(s.configure(model, lr=LR, weight_decay=WD))
+    for epoch in (1, 2):  # the top block joins at epoch 2
+        model.train()
+        s.on_epoch_start(epoch, model, optimizer, [])
+    blocks = bb.model.blocks
+    assert blocks[-1].training and blocks[-1].drop_path1.training and blocks[-1].mlp.drop1.training
+    assert not blocks[0].training and not blocks[0].drop_path1.training and not blocks[0].mlp.drop1.training
+    assert model.head.training
+
+
+def test_unfreeze_on_plateau_counts_evaluations(request) -> None:
+    """With eval_every > 1 the epochs between evaluations have no val_* entries and do not count."""
+    model, _ = _classifier("vit", request)
+    s = create_strategy("unfreeze", on_plateau=True, monitor="val_auc", patience=1)
+    optimizer = torch.optim.AdamW(s.configure(model, lr=LR, weight_decay=WD))
+    history = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.9, "val_loss": 1.0, "val_auc": 0.7},
+               {"epoch": 3, "train_loss": 0.8}]  # fmt: skip
+    s.on_epoch_start(4, model, optimizer, history)
+    assert s.schedule == []  # one evaluation: no plateau yet
+    history += [{"epoch": 4, "train_loss": 0.7, "val_loss": 1.0, "val_auc": 0.6}]
+    s.on_epoch_start(5, model, optimizer, history)
+    assert [e["epoch"] for e in s.schedule] == [5]
 
 
 def test_unfreeze_on_plateau(request) -> None:

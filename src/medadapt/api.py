@@ -288,7 +288,7 @@ def _finetune_one(
     objective=None,
 ) -> list[dict[str, Any]]:
     """Train one (arm, seed) in ``run_dir`` (best LR of ``cfg.lrs``), save its model; the tidy result rows."""
-    from .training.loop import TrainConfig, predict, selection_key
+    from .training.loop import TrainConfig, best_run, predict
 
     train, val, test = splits["train"], splits["val"], splits["test"]
     lrs = cfg.lrs or [cfg.train.get("lr", TrainConfig.lr)]
@@ -298,12 +298,8 @@ def _finetune_one(
         fits.append(_fit_one(cfg, splits, lr=lr, seed=seed, img_size=img_size, device=device, run_dir=where,
                              desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None,
                              objective=objective))  # fmt: skip
-    result, backbone, preprocess, tcfg, strategy = max(
-        fits,
-        key=lambda f: selection_key(
-            {"val_auc": f[0].best_val_auc, "val_loss": f[0].best_val_loss}, "val_auc"
-        ),
-    )
+    bests = [{"val_auc": f[0].best_val_auc, "val_loss": f[0].best_val_loss} for f in fits]
+    result, backbone, preprocess, tcfg, strategy = fits[best_run(bests, fits[0][3].select_on)]
     ids = dict(
         run=name,
         dataset=cfg.dataset,

@@ -59,6 +59,15 @@ _WEIGHT_NAMES = {
 }
 
 
+_NO_DECAY_EMBEDDINGS = (
+    "cls_token",
+    "mask_token",
+    "register_tokens",
+    "distillation_token",
+    "position_embedding",
+)
+
+
 class HFBackbone(Backbone):
     """A transformers vision model as a backbone (see the module docstring for what it returns)."""
 
@@ -84,6 +93,11 @@ class HFBackbone(Backbone):
 
     def layer_groups(self) -> list[list[str]]:
         return groups_from_modules(self, _ordered_modules(self.model))
+
+    def no_weight_decay(self) -> set[str]:
+        """The [CLS] / mask / register tokens and position embeddings: what timm's and open_clip's ViTs exempt
+        from weight decay (transformers models list nothing), so a model decays alike from every source."""
+        return {n for n, _ in self.named_parameters() if any(k in n for k in _NO_DECAY_EMBEDDINGS)}
 
 
 def _ordered_modules(model: nn.Module) -> list[nn.Module]:

@@ -133,15 +133,20 @@ def select(
     return groups
 
 
-def eval_frozen(module: nn.Module) -> bool:
-    """Put every sub-module without a trainable parameter in eval mode; returns whether ``module`` trains.
+def eval_frozen(module: nn.Module) -> bool | None:
+    """Put every frozen sub-module (it has parameters, none trainable) in eval mode (call it after
+    ``model.train()``); returns whether ``module`` trains, ``None`` when it has no parameters at all.
 
-    Frozen BatchNorm layers then keep their running statistics and frozen dropout / drop-path layers stay
-    off, so a frozen part computes exactly what it did before training (call it after ``model.train()``).
+    A frozen part then computes what it did before training: its BatchNorm layers keep their running
+    statistics and the dropout / drop-path layers inside it stay off. Parameter-free modules (dropout,
+    drop-path, activations) follow the part they sit in, so a block that trains keeps its regularisation.
     """
-    own = any(p.requires_grad for p in module.parameters(recurse=False))
+    own = [p.requires_grad for p in module.parameters(recurse=False)]
     children = [eval_frozen(child) for child in module.children()]
-    trains = own or any(children)
+    states = [s for s in children if s is not None] + own
+    if not states:
+        return None
+    trains = any(states)
     if not trains:
         module.eval()
     return trains

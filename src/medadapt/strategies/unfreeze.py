@@ -59,7 +59,7 @@ class GradualUnfreeze(Strategy):
         on_plateau: unfreeze on a plateau of ``monitor`` instead of by time (``every`` is then unused).
         monitor: the history key watched on plateaus (``val_loss``, ``val_auc``, ...).
         mode: ``min`` or ``max``; ``None`` means ``min`` when ``monitor`` names a loss, else ``max``.
-        patience: epochs without improvement that make a plateau.
+        patience: epochs without improvement that make a plateau (evaluations, for a ``val_*`` monitor).
         min_delta: the smallest change that counts as an improvement.
         group_lr_scale: LR of unfrozen stages relative to ``lr`` (the head's).
         max_groups: stop after this many stages (``None``: the whole backbone).
@@ -189,6 +189,10 @@ class GradualUnfreeze(Strategy):
 
     def _plateaued(self, history: list[dict], since: int) -> bool:
         records = [r for i, r in enumerate(history) if r.get("epoch", i + 1) >= since]
+        if self.monitor.startswith("val_"):
+            # only evaluated epochs count (with eval_every > 1 the others have no val_* entries): patience is
+            # then counted in evaluations, as the loop's early stopping counts it
+            records = [r for r in records if any(k.startswith("val_") for k in r)]
         if not records:
             return False
         missing = [r for r in records if self.monitor not in r]

@@ -26,7 +26,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ __all__ = [
     "build_optimizer",
     "count_trainable",
     "selection_key",
+    "best_run",
     "should_stop",
 ]
 
@@ -353,6 +354,17 @@ def selection_key(record: dict[str, Any], select_on: str) -> tuple[float, ...]:
     if select_on == "val_auc_first":
         return (auc if math.isfinite(auc) else -math.inf,)
     return (neg_loss,) if select_on == "val_loss" else (record["epoch"],)
+
+
+def best_run(records: Sequence[dict[str, Any]], select_on: str) -> int:
+    """Index of the best of several runs (an LR search) from their selected epochs' ``val_auc`` / ``val_loss``.
+
+    The runs' own rule decides: lower val loss when epochs are chosen on it, else higher val AUC then lower
+    loss (``last`` has no rule across runs, so AUC too); a tie goes to the first run.
+    """
+    rule = "val_loss" if select_on == "val_loss" else "val_auc"
+    keys = [selection_key(r, rule) for r in records]
+    return keys.index(max(keys))
 
 
 def should_stop(history: list[dict[str, Any]], monitor: str | None, patience: int) -> bool:
