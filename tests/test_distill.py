@@ -229,6 +229,18 @@ def test_reports_select_on_val_and_pair_by_seed():
     assert grid.loc[2.0, 0.2] == pytest.approx(0.85) and grid.loc[4.0, 0.2] == pytest.approx(0.83)
 
 
+def test_paired_test_drops_seeds_whose_metric_is_nan():
+    table = _table()
+    table.loc[(table["run"] == "student") & (table["seed"] == 1) & (table["split"] == "test"), "value"] = (
+        np.nan
+    )
+    _, tests = comparison_table(table, metrics=("auc",))
+    from scipy import stats
+
+    assert tests["seeds"].iloc[0] == 2
+    assert tests["p (paired t)"].iloc[0] == pytest.approx(stats.ttest_rel([0.84, 0.84], [0.80, 0.79]).pvalue)
+
+
 # ------------------------------------------------------------------------------------------------ the run
 def _distill(root, *extra):
     return ["distill", "--dataset", "medmnist:breastmnist", "--student", STUDENT, "--no-pretrained",

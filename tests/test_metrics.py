@@ -130,6 +130,16 @@ def test_binary_metrics_on_a_hand_counted_example() -> None:
     assert got["auc"] == pytest.approx(4 / 6)  # 4 of 6 (positive, negative) pairs ordered
 
 
+def test_binary_threshold_moves_every_thresholded_metric_alike() -> None:
+    labels, p1 = [[0], [1], [1], [0]], np.array([0.3, 0.4, 0.8, 0.1])
+    scores = np.stack([1 - p1, p1], axis=1)
+    for name in ("acc", "sensitivity", "balanced_accuracy", "f1_macro", "cohen_kappa"):
+        assert METRICS.get(name)("binary", labels, scores, threshold=0.35) == pytest.approx(1.0), name
+    assert sensitivity("binary", labels, scores) == pytest.approx(
+        0.5
+    )  # at the default 0.5: one positive missed
+
+
 def test_ordinal_kappa_uses_class_distances_even_when_a_class_is_unpredicted() -> None:
     labels = np.array([[0], [1], [2], [3], [3]])
     pred = np.array([0, 1, 3, 3, 3])

@@ -77,3 +77,10 @@ def test_patient_kfold_partitions_rows_by_patient() -> None:
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
     with pytest.raises(ConfigError, match="k=50"):
         patient_kfold(labels, groups, k=50, seed=0)
+
+
+def test_unknown_multilabel_labels_are_not_positives_when_stratifying() -> None:
+    from medadapt.data.splits import _strata
+
+    labels = np.array([[np.nan, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    assert _strata(labels).tolist()[:2] == [-1, -1]  # the unknown row is all-negative, as row 1

@@ -261,7 +261,9 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list registered backbones, datasets, heads, metrics, strategies or presets")
+    p = sub.add_parser(
+        "list", help="list registered backbones, datasets, heads, metrics, strategies or presets"
+    )
     p.add_argument("what", choices=["backbones", "datasets", "heads", "metrics", "strategies", "presets"])
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*dinov2*'")
     p.set_defaults(func=_run_list)

@@ -117,7 +117,7 @@ def _as_arrays(
 def _strata(labels: np.ndarray) -> np.ndarray:
     """One integer stratum per row; multi-label rows use their rarest positive label."""
     if labels.ndim == 2 and labels.shape[1] > 1:
-        positive = labels.astype(bool)
+        positive = np.nan_to_num(labels.astype(float), nan=0.0) > 0  # unknown (NaN) labels are not positives
         frequency = positive.sum(axis=0)
         rarity = np.where(positive, frequency, np.iinfo(np.int64).max)
         return np.where(positive.any(axis=1), rarity.argmin(axis=1), -1)

@@ -62,7 +62,8 @@ def comparison_table(
     if distilled is not None and STUDENT in runs:
         for metric in metrics:
             d, s = _per_seed(table, distilled, "test", metric), _per_seed(table, STUDENT, "test", metric)
-            seeds = sorted(set(d.index) & set(s.index))
+            # seeds where both have a finite score (a metric is NaN when, e.g., the test split lacks a class)
+            seeds = sorted(i for i in set(d.index) & set(s.index) if np.isfinite(d[i]) and np.isfinite(s[i]))
             if len(seeds) < 2:
                 continue
             res = paired_test(d.loc[seeds].to_numpy(), s.loc[seeds].to_numpy())

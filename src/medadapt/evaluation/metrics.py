@@ -143,8 +143,14 @@ def _confusion(task: str, y: np.ndarray, s: np.ndarray, threshold: float) -> dic
             per_label.append(confusion_matrix(truth.astype(int), pred.astype(int), labels=[0, 1]))
         cms = np.stack(per_label)
     else:
-        cms = multilabel_confusion_matrix(y, s.argmax(1), labels=np.arange(s.shape[1]))
+        cms = multilabel_confusion_matrix(y, _predicted(task, s, threshold), labels=np.arange(s.shape[1]))
     return {"tn": cms[:, 0, 0], "fp": cms[:, 0, 1], "fn": cms[:, 1, 0], "tp": cms[:, 1, 1]}
+
+
+def _predicted(task: str, s: np.ndarray, threshold: float) -> np.ndarray:
+    """The predicted class of a single-label task: ``scores[:, 1] > threshold`` (binary, as MedMNIST's ACC),
+    else the argmax."""
+    return (s[:, 1] > threshold).astype(int) if task == "binary" else s.argmax(1)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -183,10 +189,8 @@ def acc(task: str, labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5)
     y, s = _prepare(task, labels, scores)
     if not _finite("acc", s):
         return NAN
-    if task == "binary":
-        return float(np.mean((s[:, 1] > threshold) == y))
     if task != "multilabel":
-        return float(np.mean(s.argmax(1) == y))
+        return float(np.mean(_predicted(task, s, threshold) == y))
     values = []
     for j in range(s.shape[1]):
         truth, pred = _known(y[:, j], s[:, j] > threshold)
@@ -251,7 +255,7 @@ def cohen_kappa(task: str, labels: ArrayLike, scores: ArrayLike, threshold: floa
         parts = _parts(task, values)
     else:
         weights = "quadratic" if task == "ordinal" else None
-        parts = {"all classes": _kappa(y, s.argmax(1), s.shape[1], weights)}
+        parts = {"all classes": _kappa(y, _predicted(task, s, threshold), s.shape[1], weights)}
     return _macro("cohen_kappa", parts, "labels and predictions are all one class")
 
 
