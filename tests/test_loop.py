@@ -261,6 +261,33 @@ def test_lr_search_picks_by_the_runs_own_rule(select_on, best):
     assert best_run(runs, select_on) == best  # and a tie (runs 0 and 2) goes to the first
 
 
+class MixedSizes(SquareDataset):
+    """Every other image stored at 24 px (CheXpert, ISIC and APTOS files come in many sizes)."""
+
+    def image(self, i: int) -> torch.Tensor:
+        im = super().image(i)
+        return im.repeat_interleave(3, -1).repeat_interleave(3, -2)[..., :24, :24] if i % 2 else im
+
+
+def test_fit_and_predict_take_images_of_mixed_sizes():
+    train, val = MixedSizes(), MixedSizes(32, 1, "val")
+    res = fit(make_model(), Full(), train, val, cfg=cfg(epochs=1, augment="light"), preprocess=PREP)
+    scores = predict(res.model, val, preprocess=PREP, batch_size=8, autocast=False)
+    assert scores.shape == (32, 2) and np.isfinite(scores).all()
+    one_by_one = np.concatenate([predict(res.model, _Subset(val, i), preprocess=PREP, autocast=False)
+                                 for i in range(4)])  # fmt: skip
+    np.testing.assert_allclose(scores[:4], one_by_one, atol=1e-6)  # a score does not depend on its batch
+
+
+class _Subset(MixedSizes):
+    def __init__(self, parent: MixedSizes, i: int) -> None:
+        self.__dict__.update(parent.__dict__)
+        self.labels, self._i = parent.labels[i : i + 1], i
+
+    def image(self, i: int) -> torch.Tensor:
+        return super().image(self._i)
+
+
 def test_class_weights():
     w = class_weights("binary", np.array([[0], [0], [0], [1]]), 2)
     assert w.tolist() == pytest.approx([4 / 6, 2.0])

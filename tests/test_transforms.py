@@ -150,6 +150,21 @@ def test_collate_resizes_mixed_sizes_on_tensors():
         collate([ds[i] for i in range(4)])
 
 
+@pytest.mark.parametrize(
+    ("mode", "interpolation"), [("pad", "bilinear"), ("resize", "bicubic"), ("resize", "nearest")]
+)
+def test_mixed_sizes_are_fitted_per_image_as_the_model_would(mode, interpolation):
+    """An image's preprocessed tensor does not depend on which images share its batch."""
+    prep = Preprocess(size=(16, 16), mode=mode, interpolation=interpolation, mean=(0.5,), std=(0.25,))
+    ds = TinyDataset(4, sizes=(8, 12))
+    alone = prep(ds.image(0)[None])  # a batch of one size
+    mixed = collate([ds[i] for i in range(4)], fit=prep.fit_one)
+    assert mixed["image"].shape == (4, 1, 16, 16)
+    torch.testing.assert_close(prep(mixed["image"])[0], alone[0], rtol=0, atol=1e-6)
+    same = collate([ds[0], ds[2]], fit=prep.fit_one)  # one size: stacked as stored, uint8
+    assert same["image"].dtype == torch.uint8 and torch.equal(prep(same["image"])[0], alone[0])
+
+
 def test_collate_passes_extra_keys_through():
     samples = [
         {"image": images(1)[0], "label": torch.tensor([1]), "index": i, "site": f"s{i}"} for i in range(2)

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,16 +118,22 @@ class Preprocess:
                    **kwargs)  # fmt: skip
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_unit_float(images)
-        if self.mode == "pad":
-            x = pad_center(x, self.size)
-        else:
-            x = resize(x, self.size, self.interpolation)
-            if self.interpolation == "bicubic":
-                x = x.clamp_(0.0, 1.0)
+        x = self._fit(_to_unit_float(images))
         if self.repeat_channels and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self._normalize(x) if self.mean is not None else x.contiguous()
+
+    def fit_one(self, image: torch.Tensor) -> torch.Tensor:
+        """One uint8 (or [0, 1] float) ``[C, h, w]`` image brought to ``size`` as :meth:`__call__` would:
+        float ``[C, H, W]`` in [0, 1], not yet normalised. :func:`collate` uses it for batches of mixed sizes
+        (``make_loader(..., fit=prep.fit_one)``), so an image's result does not depend on its batch."""
+        return self._fit(_to_unit_float(image[None]))[0]
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "pad":
+            return pad_center(x, self.size)
+        x = resize(x, self.size, self.interpolation)
+        return x.clamp_(0.0, 1.0) if self.interpolation == "bicubic" else x
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != len(self.mean):
@@ -179,14 +185,22 @@ def _stack_images(images: list[torch.Tensor], size: int | Sequence[int] | None) 
     return torch.stack([_resize_uint8(im, target) for im in images])
 
 
-def collate(samples: list[dict[str, Any]], size: int | Sequence[int] | None = None) -> dict[str, Any]:
+def collate(
+    samples: list[dict[str, Any]],
+    size: int | Sequence[int] | None = None,
+    fit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Stack samples into ``{"image": uint8 [B, C, H, W], "label": [B, ...], "index": LongTensor[B]}``.
 
-    Images of one size are stacked as they are; a batch mixing sizes has each image resized (antialiased
-    bilinear, on tensors) to ``size`` first. Any further keys go through torch's ``default_collate``.
+    Images of one size are stacked as they are. A batch mixing sizes has each image brought to one size
+    first: by ``fit`` (e.g. :meth:`Preprocess.fit_one`: the model's own resize or pad, float [0, 1] images)
+    when given, else resized to ``size`` (antialiased bilinear, back to uint8). Any further keys go through
+    torch's ``default_collate``.
     """
+    images = [s["image"] for s in samples]
+    mixed = fit is not None and len({tuple(im.shape) for im in images}) > 1
     batch = {
-        "image": _stack_images([s["image"] for s in samples], size),
+        "image": torch.stack([fit(im) for im in images]) if mixed else _stack_images(images, size),
         "label": torch.stack([torch.as_tensor(s["label"]) for s in samples]),
         "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
     }
@@ -204,12 +218,14 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     size: int | Sequence[int] | None = None,
+    fit: Callable[[torch.Tensor], torch.Tensor] | None = None,
     drop_last: bool = False,
     pin_memory: bool | None = None,
 ) -> DataLoader:
     """A DataLoader with :func:`collate` and a seeded generator (same seed, same order).
 
-    ``pin_memory`` defaults to whether CUDA is available.
+    ``size`` / ``fit``: how :func:`collate` unifies a batch of mixed image sizes. ``pin_memory`` defaults to
+    whether CUDA is available.
 
     Example:
         >>> loader = make_loader(ds, batch_size=128, shuffle=True, seed=1)  # doctest: +SKIP
@@ -224,7 +240,7 @@ def make_loader(
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
-        collate_fn=functools.partial(collate, size=size),
+        collate_fn=functools.partial(collate, size=size, fit=fit),
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,

@@ -225,7 +225,7 @@ def _embeddings(
     """The global embeddings ``[N, D]`` of a trained classifier's backbone on ``ds``."""
     model.eval().to(device)
     out = []
-    for batch in make_loader(ds, batch_size=batch_size):
+    for batch in make_loader(ds, batch_size=batch_size, fit=preprocess.fit_one):
         with autocast_context(device, autocast):
             out.append(
                 model.backbone.forward_features(preprocess(batch["image"].to(device))).embedding.float().cpu()

@@ -37,7 +37,9 @@ __all__ = ["extract_features", "cache_key", "state_digest", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1  # bump when the on-disk layout changes
+_FORMAT = (
+    2  # bump when the on-disk layout or how features are computed changes (2: mixed sizes fitted per image)
+)
 _SAVE_EVERY = 20  # batches between progress checkpoints
 
 
@@ -188,7 +190,7 @@ def _extract_into(
     if done:
         log.info("resuming feature extraction of %s %s at %d/%d", dataset.name, dataset.split, done, n)
     subset = torch.utils.data.Subset(dataset, range(done, n)) if done else dataset
-    loader = make_loader(subset, batch_size=batch_size, num_workers=num_workers, size=preprocess.size)
+    loader = make_loader(subset, batch_size=batch_size, num_workers=num_workers, fit=preprocess.fit_one)
     row = done
     with contextlib.ExitStack() as files:
         emb = files.enter_context(

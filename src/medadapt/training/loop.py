@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -161,7 +162,7 @@ def fit(
         groups = strategy.configure(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     optimizer = build_optimizer(cfg, groups)
     _place(model, device)
-    train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg)
+    train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg, preprocess)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
     step = _Step(make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device, objective)
@@ -338,7 +339,7 @@ def predict(
         >>> scores = predict(res.model, test_ds, preprocess=prep, device="cuda")  # doctest: +SKIP
     """
     device = resolve_device(str(device))
-    loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers)
+    loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers, fit=preprocess.fit_one)
     logits, _ = _outputs(_place(model, device), loader, preprocess, device, autocast)
     return to_scores(ds.task, logits).numpy()
 
@@ -430,7 +431,7 @@ def make_criterion(
     )
 
 
-def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig):
+def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig, preprocess: Preprocess):
     """Train batches in a shuffled order, its generator, and val batches in order.
 
     The order comes from a generator of its own (reseeded every epoch), so it does not depend on how the
@@ -443,13 +444,14 @@ def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig)
         batch_size=cfg.batch_size,
         sampler=RandomSampler(train_ds, generator=order),
         num_workers=cfg.num_workers,
-        collate_fn=collate,
+        collate_fn=functools.partial(collate, fit=preprocess.fit_one),  # mixed sizes: each image fitted
         drop_last=n > 1 and n % cfg.batch_size == 1,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),  # worker seeds only
     )
-    return train, order, make_loader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    val = make_loader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, fit=preprocess.fit_one)
+    return train, order, val
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_epoch: int):
