@@ -87,6 +87,19 @@ def test_key_changes_with_what_determines_features(setup, tmp_path):
     assert cache_mod.cache_key(bb, pre, ds, autocast=True) != key  # weights digest
 
 
+def test_key_records_the_precision_run_not_the_request(setup, tmp_path, monkeypatch):
+    """Without native bf16 autocast is a no-op: --autocast on and off give one float32 entry; with it, two."""
+    bb, pre, ds = setup
+    import medadapt._device as device_mod
+
+    for native, entries in ((False, 1), (True, 2)):
+        monkeypatch.setattr(device_mod, "_native_bf16", lambda dev, native=native: native)
+        root = tmp_path / str(native)
+        for autocast in (True, False):
+            extract_features(bb, ds, pre, cache_dir=root, batch_size=4, autocast=autocast)
+        assert len([p for p in root.iterdir() if not p.name.startswith(".")]) == entries
+
+
 def test_corrupt_entry_is_rebuilt(setup, tmp_path, caplog):
     bb, pre, ds = setup
     good = extract_features(bb, ds, pre, cache_dir=tmp_path, batch_size=4)

@@ -36,13 +36,18 @@ def _native_bf16(dev: torch.device) -> bool:
     return False
 
 
+def runs_bf16(device: str | torch.device, enabled: bool = True) -> bool:
+    """Whether :func:`autocast_context` ``(device, enabled)`` computes in bf16 (else float32)."""
+    return enabled and _native_bf16(torch.device(device))
+
+
 def autocast_context(device: str | torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast where the device runs bf16 natively (CUDA, CPUs with AVX512-BF16/AMX); else a no-op.
 
     On CPUs without native bf16, autocast is emulated and much slower, so it stays off there.
     """
     dev = torch.device(device)
-    if enabled and _native_bf16(dev):
+    if runs_bf16(dev, enabled):
         return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

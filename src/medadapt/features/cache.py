@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._device import autocast_context
+from .._device import autocast_context, runs_bf16
 from .._io import atomic_write, exclusive_lock
 from ..backbones.base import Backbone
 from ..data.base import MedicalDataset
@@ -103,7 +103,9 @@ def extract_features(
         (546, 384)
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = cache_key(backbone, preprocess, dataset, autocast=autocast)
+    # the key records the precision the features are computed in, not the request: autocast is a no-op
+    # without native bf16, so a CPU's float32 features and a GPU's bf16 ones never share an entry
+    key = cache_key(backbone, preprocess, dataset, autocast=runs_bf16(str(device), autocast))
     final = root / key
     cached = _open_entry(final, need_tokens=with_tokens)
     if cached is not None:
