@@ -261,3 +261,18 @@ def test_folder_kind(tmp_path: Path) -> None:
     assert sorted(p for d in flat for p in d.metadata["path"]) == sorted(
         f"{c}/{i}.png" for i, c in enumerate(["normal", "normal", "tumor", "tumor", "tumor"])
     )
+
+
+def test_folder_split_names_take_the_aliases(tmp_path: Path) -> None:
+    """CheXpert-, ISIC-style releases name the validation folder ``valid``; its images are not dropped."""
+    for i, (split, cls) in enumerate(
+        [("Train", "a"), ("Train", "b"), ("valid", "a"), ("valid", "b"), ("test", "a")]
+    ):
+        (tmp_path / "ds" / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_gray(6, 5, i)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    sizes = [len(load_dataset(f"folder:{tmp_path / 'ds'}", s)) for s in ("train", "val", "test")]
+    assert sizes == [2, 2, 1]
+    (tmp_path / "ds" / "val" / "a").mkdir(parents=True)
+    Image.fromarray(_gray(6, 5, 9)).save(tmp_path / "ds" / "val" / "a" / "9.png")
+    with pytest.raises(DataError, match=r"several folders for the val split: \['val', 'valid'\]"):
+        load_dataset(f"folder:{tmp_path / 'ds'}", "val")

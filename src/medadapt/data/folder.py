@@ -373,10 +373,10 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _folder_table(root: Path) -> pd.DataFrame:
-    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    split_dirs = _split_dirs(root)
     entries = []
-    for split in split_dirs or [""]:
-        for class_dir in _class_dirs(root / split):
+    for name, split in split_dirs.items() or [("", "")]:
+        for class_dir in _class_dirs(root / name):
             entries += [(str(p.relative_to(root)), class_dir.name, split) for p in _list_images(class_dir)]
     if not entries:
         raise DataError(
@@ -386,6 +386,18 @@ def _folder_table(root: Path) -> pd.DataFrame:
     table = pd.DataFrame(entries, columns=["path", "label", "split"])
     table = table if split_dirs else table.drop(columns="split")
     return table.assign(row=np.arange(len(table)))
+
+
+def _split_dirs(root: Path) -> dict[str, str]:
+    """Sub-folders that name a split (``train``, ``val`` / ``valid`` / ``validation``, ``test``, any case)."""
+    found = {
+        d.name: _SPLIT_ALIASES[d.name.lower()] for d in _class_dirs(root) if d.name.lower() in _SPLIT_ALIASES
+    }
+    for split in SPLITS:
+        names = sorted(n for n, s in found.items() if s == split)
+        if len(names) > 1:
+            raise DataError(f"{str(root)!r} has several folders for the {split} split: {names}; keep one")
+    return found
 
 
 def _folder_rows(root: Path, opts: _Options) -> _Rows:
