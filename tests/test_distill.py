@@ -168,6 +168,9 @@ def test_cached_and_live_teacher_give_the_same_training(tmp_path, data, monkeypa
     monkeypatch.setattr(Teacher, "logits", lambda *a, **k: calls.append(1))
     res = _fit(data, DistillObjective(task="binary", cached=cached))
     assert not calls  # with cached logits the teacher never runs during training
+    # a live teacher needs the stored images (a mixed-size batch is refused); cached logits do not
+    assert "--augment" in DistillObjective(task="binary", teacher=teacher).stored_images
+    assert DistillObjective(task="binary", cached=cached).stored_images is None
     assert [r["train_kd_loss"] for r in res.history] == pytest.approx(
         [r["train_kd_loss"] for r in live.history], rel=1e-4
     )
@@ -268,6 +271,15 @@ def test_distill_from_a_backbone_teacher_end_to_end(tmp_path, monkeypatch, capsy
     assert (out / "teacher" / "models" / "seed1" / "model.json").is_file()  # the probe teacher, per seed
     printed = capsys.readouterr().out
     assert "student alone" in printed and "figures:" in printed
+    # the saved probe teacher is reused only when it is the one asked for
+    again = [*args, "--teacher-channel-mode", "repeat", "--no-figures"]
+    again[again.index("--teacher") + 1] = TINY_VIT.replace("embed_dim=32", "embed_dim=64")
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert (
+        "holds a teacher probe made with other settings (backbone:" in err
+        and "channel_mode: 'sum' there" in err
+    )
 
 
 def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch, capsys):
@@ -301,6 +313,15 @@ def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch, capsys):
                        "--no-figures", "--seeds", "5", "--out", str(tmp_path / "none"))  # fmt: skip
     assert main(missing) == 2
     assert "no teacher model of seed 5" in capsys.readouterr().err
+
+    # a teacher of other classes (same count: benign/malignant vs normal/pneumonia) is refused
+    write_fake_medmnist(tmp_path / "data", monkeypatch, flag="pneumoniamnist")
+    other = _distill(
+        tmp_path, "--teacher", str(tmp_path / "teacher"), "--no-figures", "--out", str(tmp_path / "o")
+    )
+    other[other.index("medmnist:breastmnist")] = "medmnist:pneumoniamnist"
+    assert main(other) == 2
+    assert "was trained on the classes ['malignant', 'normal, benign']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

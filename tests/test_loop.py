@@ -15,12 +15,13 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from medadapt.data.base import MedicalDataset
 from medadapt.data.transforms import Preprocess
-from medadapt.errors import ConfigError
+from medadapt.errors import ConfigError, DataError
 from medadapt.strategies.base import Strategy
 from medadapt.training import loop
 from medadapt.training.checkpoint import CHECKPOINT_NAME
 from medadapt.training.loop import (
     FitResult,
+    Objective,
     TrainConfig,
     best_run,
     class_weights,
@@ -277,6 +278,15 @@ def test_fit_and_predict_take_images_of_mixed_sizes():
     one_by_one = np.concatenate([predict(res.model, _Subset(val, i), preprocess=PREP, autocast=False)
                                  for i in range(4)])  # fmt: skip
     np.testing.assert_allclose(scores[:4], one_by_one, atol=1e-6)  # a score does not depend on its batch
+
+
+def test_an_objective_that_needs_stored_images_refuses_mixed_sizes():
+    class SeesStoredImages(Objective):
+        stored_images = "the teacher sees stored images"
+
+    with pytest.raises(DataError, match="mixes image sizes, but the teacher sees stored images"):
+        fit(make_model(), Full(), MixedSizes(), MixedSizes(32, 1, "val"), cfg=cfg(epochs=1), preprocess=PREP,
+            objective=SeesStoredImages())  # fmt: skip
 
 
 class _Subset(MixedSizes):

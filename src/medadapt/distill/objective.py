@@ -52,6 +52,14 @@ class DistillObjective(Objective):
             else teacher.digest()
         )
 
+    @property
+    def stored_images(self) -> str | None:
+        if self.cached is not None:
+            return None
+        return ("with --augment the teacher sees each augmented batch at the images' stored size, so they must "
+                "share one size: resize the files to one size, or drop --augment (the teacher's logits are then "
+                "computed once per image at its own input size)")  # fmt: skip
+
     def prepare(self, device: torch.device) -> None:
         if self.cached is not None:
             self.cached = self.cached.float().to(device)

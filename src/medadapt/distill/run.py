@@ -23,6 +23,7 @@ import torch
 from .._io import atomic_write
 from ..config import DistillConfig
 from ..data.base import MedicalDataset
+from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..reporting.results import read_results, results_rows, save_predictions, write_results
 from ..training.probe import to_scores
@@ -131,13 +132,38 @@ def _train_probe_teacher(cfg: DistillConfig, seed: int, out: Path, show_progress
 
     where = out / TEACHER
     model_dir = where / "models" / f"seed{seed}"
-    if not (model_dir / "model.json").is_file():
+    if (model_dir / "model.json").is_file():
+        _check_saved_teacher(cfg, model_dir)
+    else:
         shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)}  # data, device, ...
         teacher = dict(backbone=cfg.teacher[0], out=str(where), head="linear", head_kwargs={}, seeds=[seed],
                        img_size=cfg.teacher_img_size or cfg.img_size, channel_mode=cfg.teacher_channel_mode,
                        pretrained=cfg.teacher_pretrained, weights=cfg.teacher_weights)  # fmt: skip
         probe(ProbeConfig(**{**shared, **teacher}, cache_dir=cfg.cache_dir), show_progress=show_progress)
     return model_dir
+
+
+def _check_saved_teacher(cfg: DistillConfig, model_dir: Path) -> None:
+    """A probe teacher trained by an earlier invocation is reused only if it is the one asked for now."""
+    from ..backbones._factory import resolve_alias
+    from ..saved import read_info
+
+    info = read_info(model_dir)
+    weights = str(Path(cfg.teacher_weights).expanduser().resolve()) if cfg.teacher_weights else None
+    asked = {"backbone": resolve_alias(cfg.teacher[0]), "channel_mode": cfg.teacher_channel_mode,
+             "pretrained": cfg.teacher_pretrained or weights is not None, "weights": weights}  # fmt: skip
+    saved = {"backbone": resolve_alias(info.backbone), "channel_mode": info.channel_mode,
+             "pretrained": info.pretrained, "weights": info.weights}  # fmt: skip
+    img_size = cfg.teacher_img_size or cfg.img_size
+    if img_size is not None:
+        asked["img_size"], saved["img_size"] = img_size, info.img_size
+    differ = sorted(k for k in asked if asked[k] != saved[k])
+    if differ:
+        detail = ", ".join(f"{k}: {saved[k]!r} there, {asked[k]!r} asked" for k in differ)
+        raise ConfigError(
+            f"{model_dir} holds a teacher probe made with other settings ({detail}); use another --out, or "
+            f"delete {model_dir.parent.parent} to train the teacher again"
+        )
 
 
 def _teacher_rows(cfg, teacher: Teacher, logits, splits: dict[str, MedicalDataset], *, seed: int, out: Path):

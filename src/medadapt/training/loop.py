@@ -162,7 +162,7 @@ def fit(
         groups = strategy.configure(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     optimizer = build_optimizer(cfg, groups)
     _place(model, device)
-    train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg, preprocess)
+    train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg, preprocess, objective)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
     step = _Step(make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device, objective)
@@ -236,7 +236,11 @@ class Objective:
     augmentation and before preprocessing (what another model, such as a teacher, should see). It returns
     the loss to minimise and its named parts, which :func:`fit` logs as epoch means ``train_{name}``.
     :meth:`fingerprint` enters the checkpoint's run hash, so a run resumes only with the same objective.
+    ``stored_images`` (a reason, or ``None``): the images must reach it at their stored size, so a train batch
+    of mixed sizes is an error rather than fitted to the student's input size.
     """
+
+    stored_images: str | None = None
 
     def prepare(self, device: torch.device) -> None:
         """Called once before training, with the training device."""
@@ -431,7 +435,8 @@ def make_criterion(
     )
 
 
-def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig, preprocess: Preprocess):
+def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig, preprocess: Preprocess,
+             objective: Objective | None = None):  # fmt: skip
     """Train batches in a shuffled order, its generator, and val batches in order.
 
     The order comes from a generator of its own (reseeded every epoch), so it does not depend on how the
@@ -444,7 +449,7 @@ def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig,
         batch_size=cfg.batch_size,
         sampler=RandomSampler(train_ds, generator=order),
         num_workers=cfg.num_workers,
-        collate_fn=functools.partial(collate, fit=preprocess.fit_one),  # mixed sizes: each image fitted
+        collate_fn=functools.partial(collate, fit=_train_fit(preprocess, objective)),
         drop_last=n > 1 and n % cfg.batch_size == 1,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
@@ -452,6 +457,19 @@ def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig,
     )
     val = make_loader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, fit=preprocess.fit_one)
     return train, order, val
+
+
+def _train_fit(preprocess: Preprocess, objective: Objective | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How a train batch of mixed image sizes is unified: each image fitted to the model's input, unless the
+    objective needs the stored images (then such a batch is an error naming why)."""
+    reason = getattr(objective, "stored_images", None)
+    if reason is None:
+        return preprocess.fit_one
+    return functools.partial(_refuse_mixed_sizes, reason)
+
+
+def _refuse_mixed_sizes(reason: str, image: torch.Tensor) -> torch.Tensor:
+    raise DataError(f"a training batch mixes image sizes, but {reason}")
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_epoch: int):
