@@ -12,8 +12,9 @@
 #                      medmnist_v2 preset (preset), and the preset without timm's zero_init_last
 #                      (default_init), the three at once
 #   breast_seeds       the official loop and the preset on BreastMNIST only (more seeds of breast_init)
-#   init_torch         the preset with PyTorch's default initialisation (init=torch), as the official code
-#                      starts, on both datasets: RUNS_DIR/gpu_breast/torch_init and RUNS_DIR/torch_init_pneumonia
+#   init_torch         the preset with PyTorch's default initialisation (init=torch, which now covers the head
+#                      too, as the preset does), on both datasets: RUNS_DIR/gpu_breast/torch_init and
+#                      RUNS_DIR/torch_init_pneumonia
 #
 # The preset's resnet18_28 took init=torch after the accept_pneumonia, distill_pneumonia and breast_* runs in
 # the README were made (they used timm's initialisation); those stages now run the current preset.
