@@ -328,6 +328,7 @@ def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int
              run_dir: Path, desc: str | None, objective=None):  # fmt: skip
     """Build the classifier for ``seed`` and train it at ``lr``; returns (FitResult, backbone, preprocess, TrainConfig, strategy)."""
     from .strategies import create_strategy
+    from .training.checkpoint import CHECKPOINT_NAME
     from .training.loop import TrainConfig, fit
 
     train = splits["train"]
@@ -345,7 +346,8 @@ def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int
     preprocess = _preprocess(cfg, backbone, img_size)
     settings = {**cfg.train, "lr": lr, "seed": seed, "device": str(device), "num_workers": cfg.num_workers}
     tcfg = TrainConfig(**{"autocast": cfg.autocast, **settings})
-    bar = _epoch_bar(tcfg.epochs, desc, resume=cfg.resume) if desc else None
+    resuming = cfg.resume and (run_dir / CHECKPOINT_NAME).exists()  # a fresh run shows its bar at once
+    bar = _epoch_bar(tcfg.epochs, desc, resume=resuming) if desc else None
     result = fit(model, strategy, train, splits["val"], cfg=tcfg, preprocess=preprocess, out_dir=run_dir,
                  resume=cfg.resume, progress=bar, objective=objective)  # fmt: skip
     return result, backbone, preprocess, tcfg, strategy
