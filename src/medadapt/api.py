@@ -226,15 +226,16 @@ def _extract(cfg, backbone, dataset, preprocess, device, show_progress) -> Featu
 
 
 def _epoch_bar(epochs: int, desc: str, *, resume: bool = False):
-    """An epoch progress bar; with ``resume`` it starts after the first epoch run, at the checkpoint's epoch
-    (so that its rate and time left count only the epochs run now)."""
+    """An epoch progress bar; with ``resume`` it appears after the first epoch run, at that epoch (so that its
+    rate and time left count only the epochs run in this process)."""
     bar = None if resume else tqdm(total=epochs, desc=desc, unit="epoch")
 
     def progress(epoch: int, epochs: int, record: dict) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=epochs, initial=epoch - 1, desc=desc, unit="epoch")
+            bar = tqdm(total=epochs, initial=epoch, desc=desc, unit="epoch")
         bar.update(epoch - bar.n)
+        bar.refresh()  # epochs are long: show each at once (tqdm skips prints within its mininterval)
         if epoch == epochs:
             bar.close()
 
