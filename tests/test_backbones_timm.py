@@ -148,6 +148,25 @@ def test_offline_pretrained_says_which_file_and_where():
     )
 
 
+def test_weights_file_for_a_cnn_loads_strictly(tmp_path):
+    """timm drops the classifier and then loads non-strictly: a file missing a block, or prefixed, was accepted."""
+    from safetensors.torch import save_file
+
+    full = timm.create_model("resnet18", num_classes=10)  # a classifier in the file is fine (dropped)
+    sd = {k: v.contiguous() for k, v in full.state_dict().items()}
+    save_file(sd, tmp_path / "ok.safetensors")
+    bb = create_backbone("timm:resnet18", weights=str(tmp_path / "ok.safetensors"), img_size=32)
+    assert torch.equal(bb.model.layer4[1].conv2.weight, full.layer4[1].conv2.weight)
+    save_file(
+        {k: v for k, v in sd.items() if not k.startswith("layer4.")}, tmp_path / "no_layer4.safetensors"
+    )
+    with pytest.raises(WeightsError, match=r"tensors are not in it \['layer4"):
+        create_backbone("timm:resnet18", weights=str(tmp_path / "no_layer4.safetensors"), img_size=32)
+    save_file({f"backbone.{k}": v for k, v in sd.items()}, tmp_path / "prefixed.safetensors")
+    with pytest.raises(WeightsError, match="of its tensors are not in the model"):
+        create_backbone("timm:resnet18", weights=str(tmp_path / "prefixed.safetensors"), img_size=32)
+
+
 def test_missing_weights_file_and_unknown_model():
     with pytest.raises(WeightsError, match="does not exist"):
         create_backbone(TINY["dinov2"], weights="/nonexistent/w.safetensors", img_size=28)

@@ -8,7 +8,6 @@ the :class:`~medadapt.backbones.base.Backbone` contract.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn
@@ -64,6 +63,36 @@ def _create_model(name: str, *, pretrained: bool, overlay: dict, img_size: tuple
         if "img_size" not in str(e):
             raise
         return timm.create_model(name, **base)  # CNNs take any size without being told
+
+
+def _load_file(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str, name: str) -> None:
+    """Load a local weights file into ``model`` strictly, after timm's own conversion for the architecture.
+
+    timm's loader (``pretrained_cfg_overlay``) drops the classifier of a model built with ``num_classes=0``
+    and then loads with ``strict=False``, logging missing keys at INFO only: a file lacking a block, or
+    with every key under a prefix, left those weights at random init without an error. Here the model's
+    ``checkpoint_filter_fn`` (official formats, position-embedding resampling) runs as timm would run it,
+    the classifier is dropped, and any other missing or unexpected key is an error.
+    """
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if callable(filter_fn):
+        state_dict = filter_fn(dict(state_dict), model)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    own = model.state_dict()
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k in own or not any(k.startswith(c + ".") for c in classifiers)}  # fmt: skip
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise WeightsError(
+            f"weights file {path!r} does not fit timm:{name}: {len(missing)} of the model's tensors are not in it "
+            f"{missing[:4]}, and {len(result.unexpected_keys)} of its tensors are not in the model "
+            f"{result.unexpected_keys[:4]}; give a checkpoint of this architecture (keys as in timm, or the "
+            "official release format timm converts)"
+        )
 
 
 def _cifar_stem(model: nn.Module, name: str) -> None:
@@ -128,17 +157,16 @@ def create(
         raise ConfigError(
             "init=torch re-initialises every weight; use it with --no-pretrained (strategy scratch)"
         )
-    overlay: dict[str, Any] = {}
-    if weights is not None:
-        overlay["state_dict"] = load_state_dict_file(weights)
     try:
         model = _create_model(
             address.name,
-            pretrained=pretrained or weights is not None,
-            overlay=overlay,
+            pretrained=pretrained and weights is None,
+            overlay={},
             img_size=img_size,
             kwargs=kwargs,
         )
+        if weights is not None:
+            _load_file(model, load_state_dict_file(weights), weights, address.name)
     except (RuntimeError, OSError, ValueError) as e:
         if weights is not None:
             raise WeightsError(f"weights file {weights!r} does not fit timm:{address.name}: {e}") from e
