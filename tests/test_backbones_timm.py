@@ -247,3 +247,13 @@ def test_size_check_does_not_touch_batchnorm_statistics():
     assert int(bb.model.bn1.num_batches_tracked) == 0
     torch.testing.assert_close(bb.model.bn1.running_mean, torch.zeros(64))
     assert bb.training  # the mode it was built in is kept
+
+
+def test_token_heads_take_the_token_width_when_the_head_has_layers():
+    """MobileNetV3's conv_head widens the embedding (1024) past the feature map (288) the tokens come from."""
+    from medadapt.strategies import build_classifier
+
+    bb = create_backbone("timm:mobilenetv3_small_050", pretrained=False, img_size=64)
+    f = bb.forward_features(torch.rand(2, 3, 64, 64))
+    assert (bb.num_features, bb.token_dim) == (f.embedding.shape[-1], f.tokens.shape[-1]) == (1024, 288)
+    assert build_classifier(bb, "attention", 2)(torch.rand(2, 3, 64, 64)).shape == (2, 2)

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 class TimmBackbone(Backbone):
     """A timm model as a backbone: global = the model's own pre-logits pooling, tokens = patch tokens."""
 
+    @property
+    def token_dim(self) -> int:
+        return int(self.model.num_features)  # forward_features' width (the embedding may be head_hidden_size)
+
     def _forward_features(self, x: torch.Tensor) -> Features:
         feats = self.model.forward_features(x)
         embedding = self.model.forward_head(feats, pre_logits=True)

@@ -75,6 +75,12 @@ class Backbone(nn.Module):
     def num_features(self) -> int:
         return self.spec.num_features
 
+    @property
+    def token_dim(self) -> int:
+        """Width of the patch tokens; the embedding's (``num_features``) unless a model's head has layers of
+        its own between them (timm's ``conv_head``: MobileNetV3, GhostNet)."""
+        return self.num_features
+
     def forward_features(self, x: torch.Tensor) -> Features:
         return self._forward_features(x)
 

@@ -37,7 +37,11 @@ def build_classifier(backbone: Backbone, head: str, num_outputs: int, **head_kwa
     ResNets, whose ``fc`` is a default ``nn.Linear``) gets a head initialised the same way, so that the whole
     network starts as the official one does.
     """
-    module = create_head(head, backbone.num_features, num_outputs, **head_kwargs)
+    from ..heads import HEADS
+
+    reads_tokens = getattr(HEADS.get(head), "input_key", "embeddings") == "tokens"
+    dim = backbone.token_dim if reads_tokens else backbone.num_features
+    module = create_head(head, dim, num_outputs, **head_kwargs)
     if _torch_init(backbone):
         for layer in module.modules():
             if callable(getattr(layer, "reset_parameters", None)):
