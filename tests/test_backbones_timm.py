@@ -257,3 +257,11 @@ def test_token_heads_take_the_token_width_when_the_head_has_layers():
     f = bb.forward_features(torch.rand(2, 3, 64, 64))
     assert (bb.num_features, bb.token_dim) == (f.embedding.shape[-1], f.tokens.shape[-1]) == (1024, 288)
     assert build_classifier(bb, "attention", 2)(torch.rand(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_flat_tokens_of_a_hierarchical_model_get_their_grid():
+    """timm's hiera_* returns the last stage's tokens flat (row-major): the grid is (H/32, W/32), not (1, N)."""
+    bb = create_backbone("timm:hiera_tiny_224?embed_dim=16&num_heads=1&stages=[1,1,1,1]", pretrained=False,
+                         img_size=(224, 160))  # fmt: skip
+    f = bb.forward_features(torch.rand(1, 3, 224, 160))
+    assert f.tokens.shape[1] == 35 and f.grid == (7, 5)

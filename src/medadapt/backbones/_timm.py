@@ -8,6 +8,7 @@ the :class:`~medadapt.backbones.base.Backbone` contract.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import nn
@@ -50,11 +51,16 @@ def _token_grid(model: nn.Module, x: torch.Tensor, n: int) -> tuple[int, int]:
     pe = getattr(model, "patch_embed", None)
     if pe is not None and hasattr(pe, "dynamic_feat_size"):
         grid = tuple(pe.dynamic_feat_size(tuple(x.shape[-2:])))
-    elif pe is not None and hasattr(pe, "grid_size"):
+    elif pe is not None and getattr(pe, "grid_size", None) is not None:
         grid = tuple(pe.grid_size)
     else:
-        grid = (1, n)
-    return grid if grid[0] * grid[1] == n else (1, n)
+        grid = (0, 0)
+    if grid[0] * grid[1] == n:
+        return grid
+    # flat tokens of a hierarchical model (timm's hiera_*: the last stage, row-major): one stride for both sides
+    h, w = x.shape[-2:]
+    stride = max(1, round(math.sqrt(h * w / n)))
+    return (h // stride, w // stride) if (h // stride) * (w // stride) == n else (1, n)
 
 
 def _create_model(name: str, *, pretrained: bool, overlay: dict, img_size: tuple[int, int], kwargs: dict):
