@@ -37,6 +37,11 @@ CONFIGS = {
         "vision_cfg": {"timm_model_name": TIMM_VIT, "timm_pool": "", "timm_proj": "linear", "image_size": 16},
         "text_cfg": TEXT,
     },
+    "mdtest-timm-noproj": {  # the trunk's own head is the projection (EVA02, MobileCLIP, PE-Core configs)
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": TIMM_VIT, "timm_pool": "", "timm_proj": None, "image_size": 16},
+        "text_cfg": TEXT,
+    },
     "mdtest-rn": {
         "embed_dim": 16,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8},
@@ -156,6 +161,22 @@ def test_timm_trunk_features_are_pre_projection(tmp_path: Path) -> None:
         feats = bb.forward_features(x)
         torch.testing.assert_close(model.visual.head(feats.embedding), model.visual(x))
         torch.testing.assert_close(feats.tokens, model.visual.trunk.forward_features(x)[:, 1:])
+
+
+def test_timm_trunk_projection_head_is_dropped(tmp_path: Path) -> None:
+    """With timm_proj null the trunk's classifier is the projection: unused for the embedding, so not kept
+    (no parameters without gradients, no adapters on it)."""
+    model = _clip("mdtest-timm-noproj")
+    bb = create_backbone(
+        "open_clip:mdtest-timm-noproj", weights=str(_save(model, tmp_path / "w.safetensors")), img_size=16
+    )
+    assert bb.model.num_classes == 0 and not any(n.startswith("head.") for n, _ in bb.named_parameters())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        emb = bb.forward_features(x).embedding
+        torch.testing.assert_close(model.visual.trunk.forward_head(model.visual.trunk.forward_features(x),
+                                                                   pre_logits=True), emb)  # fmt: skip
+        torch.testing.assert_close(model.visual.trunk.head(emb), model.visual(x))
 
 
 def test_coca_drops_the_attentional_pooler(tmp_path: Path) -> None:

@@ -368,6 +368,8 @@ def _wrap(
         trunk = tower.trunk
         if timm_pool in ("abs_attn", "rot_attn"):
             trunk.reset_classifier(0, global_pool="avg")
+        elif getattr(trunk, "num_classes", 0):  # timm_proj null: the trunk's head is the (unused) projection
+            trunk.reset_classifier(0)
         if hasattr(trunk, "pos_embed") and hasattr(trunk, "set_input_size"):
             trunk.set_input_size(img_size=img_size)
         return TimmBackbone(trunk, BackboneSpec(num_features=int(trunk.num_features), **spec_kwargs))
