@@ -347,6 +347,8 @@ def test_offline_without_cache_names_what_is_missing(address: str, repo: str, _o
     message = str(info.value)
     assert repo in message and str(_offline_hub) in message and "--weights" in message
     assert "open_clip_pytorch_model.bin" in message or "open_clip_model.safetensors" in message
+    if "@" in address:  # a built-in tag: its architecture is known, so no config file is asked for
+        assert "open_clip_config.json" not in message
 
 
 def test_name_and_tag_errors() -> None:

@@ -121,16 +121,23 @@ class _Source:
     label: str | None = None
 
 
-def _hub_message(name: str, repo: str, *, pretrained: bool) -> str:
-    files = f"{_CONFIG_NAME} and {' or '.join(_HUB_WEIGHTS)}" if pretrained else _CONFIG_NAME
+def _hub_message(name: str, repo: str, *, pretrained: bool, weight_files: list[str] | None = None) -> str:
+    """What is missing from where. ``weight_files``: a built-in tag's own files (its architecture is known, so
+    no config is needed); else an hf-hub: model, which needs its config and (pretrained) the weights."""
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    if weight_files is not None:
+        files, way = " or ".join(weight_files), "or pass --weights FILE with that file"
+    else:
+        weights = f" and {' or '.join(_HUB_WEIGHTS)}" if pretrained else ""
+        files = _CONFIG_NAME + weights
+        way = (f"or pass --weights DIR with a folder holding {_CONFIG_NAME} and the weights file (such a "
+               "download), or --weights FILE where the architecture is known (open_clip built-ins, or configs "
+               "added with open_clip.add_model_config)")  # fmt: skip
     return (
         f"open_clip:{name} needs {files} from Hugging Face repo {repo!r}, which are neither in the HF cache "
         f"{HF_HUB_CACHE} nor downloadable (offline or no access). Download them on a machine with internet "
-        f"(`huggingface-cli download {repo}`) into that cache (or set HF_HOME), or pass --weights DIR with a "
-        f"folder holding {_CONFIG_NAME} and the weights file (such a download), or --weights FILE where the "
-        "architecture is known (open_clip built-ins, or configs added with open_clip.add_model_config)"
+        f"(`huggingface-cli download {repo}`) into that cache (or set HF_HOME), {way}"
     )
 
 
@@ -214,7 +221,7 @@ def _hub_checkpoint(name: str, repo: str, filenames: list[str]) -> Path:
         path = fetch_hub_file(repo, filename)
         if path is not None:
             return Path(path)
-    raise WeightsError(_hub_message(name, repo, pretrained=True))
+    raise WeightsError(_hub_message(name, repo, pretrained=True, weight_files=filenames))
 
 
 def _find_checkpoint(folder: Path) -> Path:
