@@ -35,7 +35,7 @@ from .reporting.results import (
     write_results,
     write_run_config,
 )
-from .saved import ModelInfo, save_classifier
+from .saved import ModelInfo, save_classifier, weights_path
 from .strategies import build_classifier
 from .training.probe import train_probe
 
@@ -186,7 +186,7 @@ def _model_info(cfg: RunConfig, model, train: MedicalDataset, preprocess: Prepro
         preprocess=dataclasses.asdict(preprocess),
         stored=stored,
         pretrained=bool(model.backbone.spec.pretrained),
-        weights=str(Path(cfg.weights).expanduser().resolve()) if cfg.weights else None,
+        weights=weights_path(cfg.weights),
         head_kwargs=dict(cfg.head_kwargs),
         dataset=cfg.dataset,
         strategy=strategy,

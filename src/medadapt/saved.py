@@ -32,6 +32,7 @@ __all__ = [
     "save_classifier",
     "load_classifier",
     "read_info",
+    "weights_path",
     "find_saved",
 ]
 
@@ -63,6 +64,11 @@ class ModelInfo:
     strategy: str | None = None
     seed: int | None = None
     classes: list[str] | None = None
+
+
+def weights_path(path: str | Path | None) -> str | None:
+    """A ``--weights`` path as :class:`ModelInfo` records it (absolute), ``None`` for none."""
+    return str(Path(path).expanduser().resolve()) if path else None
 
 
 def save_classifier(folder: str | Path, model: nn.Module, info: ModelInfo) -> Path:

@@ -63,10 +63,10 @@ def _token_grid(model: nn.Module, x: torch.Tensor, n: int) -> tuple[int, int]:
     return (h // stride, w // stride) if (h // stride) * (w // stride) == n else (1, n)
 
 
-def _create_model(name: str, *, pretrained: bool, overlay: dict, img_size: tuple[int, int], kwargs: dict):
+def _create_model(name: str, *, pretrained: bool, img_size: tuple[int, int], kwargs: dict):
     import timm
 
-    base = dict(pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay, **kwargs)
+    base = dict(pretrained=pretrained, num_classes=0, **kwargs)
     try:
         return timm.create_model(name, img_size=img_size, **base)
     except TypeError as e:
@@ -171,7 +171,6 @@ def create(
         model = _create_model(
             address.name,
             pretrained=pretrained and weights is None,
-            overlay={},
             img_size=img_size,
             kwargs=kwargs,
         )

@@ -146,10 +146,10 @@ def _train_probe_teacher(cfg: DistillConfig, seed: int, out: Path, show_progress
 def _check_saved_teacher(cfg: DistillConfig, model_dir: Path) -> None:
     """A probe teacher trained by an earlier invocation is reused only if it is the one asked for now."""
     from ..backbones._factory import resolve_alias
-    from ..saved import read_info
+    from ..saved import read_info, weights_path
 
     info = read_info(model_dir)
-    weights = str(Path(cfg.teacher_weights).expanduser().resolve()) if cfg.teacher_weights else None
+    weights = weights_path(cfg.teacher_weights)  # as the probe teacher's model.json records it
     asked = {"backbone": resolve_alias(cfg.teacher[0]), "channel_mode": cfg.teacher_channel_mode,
              "pretrained": cfg.teacher_pretrained or weights is not None, "weights": weights}  # fmt: skip
     saved = {"backbone": resolve_alias(info.backbone), "channel_mode": info.channel_mode,

@@ -112,10 +112,9 @@ class Teacher:
                 f"the teacher ({self.describe()}) is a {self.task} model with {self.num_outputs} outputs, "
                 f"but {ds.name} is {ds.task} with {ds.num_outputs}: train the teacher on the same labels"
             )
+        classes = [str(c) for c in ds.classes]
         for m in self.members:  # same count, other meaning (another dataset's classes) is as wrong
-            if m.info.classes is not None and [str(c) for c in m.info.classes] != [
-                str(c) for c in ds.classes
-            ]:
+            if m.info.classes is not None and [str(c) for c in m.info.classes] != classes:
                 raise ConfigError(
                     f"the teacher {m.source} was trained on the classes {list(m.info.classes)}, but {ds.name} "
                     f"has {list(ds.classes)}: train the teacher on the same labels"

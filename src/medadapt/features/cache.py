@@ -37,9 +37,8 @@ __all__ = ["extract_features", "cache_key", "state_digest", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
-_FORMAT = (
-    2  # bump when the on-disk layout or how features are computed changes (2: mixed sizes fitted per image)
-)
+# bump when the on-disk layout or how features are computed changes (2: mixed sizes fitted per image)
+_FORMAT = 2
 _SAVE_EVERY = 20  # batches between progress checkpoints
 
 
