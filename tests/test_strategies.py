@@ -26,6 +26,9 @@ from medadapt.strategies._params import no_weight_decay_names
 VIT = ("timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2&init_values=1.0", 28)
 RESNET = ("timm:test_resnet?zero_init_last=false", 64)  # a random zero gamma would cut LoRA off
 CONVNEXT = ("timm:convnext_tiny?depths=[1,1,1,1]&dims=[8,16,32,64]", 64)
+# SigLIP's attention-pool (MAP) head makes the embedding; an attention head reads the tokens and skips it
+SIGLIP = ("timm:vit_base_patch16_siglip_224?embed_dim=32&depth=2&num_heads=2", 32)
+POOLING_ONLY = {"siglip": "backbone.model.attn_pool."}
 OC_NAME = "mdstrat-vit"
 OC_CONFIG = {
     "embed_dim": 16,
@@ -72,7 +75,7 @@ def _backbone(family: str, request: pytest.FixtureRequest) -> tuple[nn.Module, i
     if family == "open_clip":
         name = request.getfixturevalue("open_clip_name")
         return create_backbone(f"open_clip:{name}", pretrained=False, img_size=16), 16
-    address, size = {"vit": VIT, "resnet": RESNET, "convnext": CONVNEXT}[family]
+    address, size = {"vit": VIT, "resnet": RESNET, "convnext": CONVNEXT, "siglip": SIGLIP}[family]
     return create_backbone(address, pretrained=False, img_size=size), size
 
 
@@ -119,8 +122,9 @@ def _norm_params(model: nn.Module) -> set[str]:
     }
 
 
-def _expected(strategy: str, model: nn.Module) -> set[str]:
-    names = {n for n, _ in model.named_parameters()}
+def _expected(strategy: str, model: nn.Module, unused: str | None = None) -> set[str]:
+    """The parameters ``strategy`` trains; ``unused``: the name prefix of a part the output does not use."""
+    names = {n for n, _ in model.named_parameters() if unused is None or not n.startswith(unused)}
     head = {n for n in names if n.startswith("head.")}
     if strategy in ("frozen", "unfreeze"):
         return head
@@ -129,12 +133,13 @@ def _expected(strategy: str, model: nn.Module) -> set[str]:
     if strategy == "ia3":
         return head | {n for n in names if ".ia3_l." in n}
     if strategy == "ln_tune":
-        return head | _norm_params(model)
+        return head | (_norm_params(model) & names)
     return names
 
 
 CASES = [(s, f, h) for s in ALL for f in ("vit", "resnet") for h in ("linear", "attention")]
 CASES += [(s, f, h) for s in PEFT_LIKE for f in ("hf_dinov2", "open_clip") for h in ("linear", "attention")]
+CASES += [(s, "siglip", h) for s in ALL for h in ("linear", "attention")]
 
 
 # ------------------------------------------------------------------------------------------ contract
@@ -145,7 +150,7 @@ def test_exactly_the_intended_parameters_train(strategy, family, head, request) 
     model, size = _classifier(family, request, head)
     s = create_strategy(strategy)
     groups = s.configure(model, lr=LR, weight_decay=WD)
-    expected = _expected(strategy, model)
+    expected = _expected(strategy, model, POOLING_ONLY.get(family) if head == "attention" else None)
     assert len(expected) > len([n for n in expected if n.startswith("head.")]) or strategy in (
         "frozen",
         "unfreeze",
@@ -518,6 +523,42 @@ def test_lora_default_targets_per_family(family, scope, expected, request) -> No
     targets = resolve_targets(backbone, scope=scope)
     assert {".".join(t.split(".")[-2:]) for t in targets} == expected
     assert len(targets) == 2 * len(expected)  # every block
+
+
+@pytest.mark.parametrize(
+    ("head", "pool_targets"),
+    [("linear", {"attn_pool.q", "attn_pool.kv"}), ("attention", set())],
+)
+def test_lora_targets_the_attention_pool_only_when_the_head_uses_it(head, pool_targets, request) -> None:
+    pytest.importorskip("peft")
+    model, _ = _classifier("siglip", request, head)
+    create_strategy("lora").configure(model, lr=LR, weight_decay=WD)
+    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    in_pool = {n.removeprefix("backbone.model.") for n in adapted if ".attn_pool." in n}
+    assert in_pool == pool_targets
+    assert {n for n in adapted if ".blocks." in n} == {f"backbone.model.blocks.{i}.attn.qkv" for i in (0, 1)}
+
+
+def test_unreachable_parameters_are_found_by_autograd(request) -> None:
+    from medadapt.strategies._params import unreachable_names
+
+    linear, _ = _classifier("siglip", request)
+    assert unreachable_names(linear) == set()
+    model, _ = _classifier("siglip", request, "attention")
+    pool = {n for n, _ in model.named_parameters() if n.startswith(POOLING_ONLY["siglip"])}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.train()
+    assert pool and unreachable_names(model) == pool
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags and model.training
+    convnext, _ = _classifier("convnext", request, "attention")  # its final norm only feeds the embedding
+    assert unreachable_names(convnext) == {"backbone.model.head.norm.weight", "backbone.model.head.norm.bias"}
+
+
+def test_adapter_targets_the_head_does_not_use_are_an_error(request) -> None:
+    pytest.importorskip("peft")
+    model, _ = _classifier("siglip", request, "attention")
+    with pytest.raises(ConfigError, match="does not depend on"):
+        create_strategy("lora", target_modules=["attn_pool.kv"]).configure(model, lr=LR, weight_decay=WD)
 
 
 def test_cnn_targets_are_ungrouped_convs_and_linears(request) -> None:

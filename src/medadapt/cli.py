@@ -161,7 +161,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", dest="strategy_options", action="append", metavar="KEY=VALUE",
                    help="a strategy option, e.g. --option r=8 --option encoder_lr=1e-7 (repeatable)")  # fmt: skip
     p.add_argument(
-        "--lrs", type=float, nargs="+", help="search these LRs, keeping the best on validation AUC"
+        "--lrs",
+        type=float,
+        nargs="+",
+        help="search these LRs, keeping the best by the --select-on rule (validation AUC, or val loss)",
     )
     p.add_argument("--resume", action="store_const", const=True, default=None,
                    help="continue from the checkpoints in --out")  # fmt: skip

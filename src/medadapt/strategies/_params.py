@@ -5,13 +5,20 @@ and are split into optimizer groups, each chosen parameter in exactly one group.
 convention: none on biases, norm weights and other 1-D parameters, none on the names a module lists in its
 ``no_weight_decay()`` (timm's and open_clip's position embeddings and [CLS] tokens), and none on peft's
 scaling vectors (IA3 ``ia3_l``, DoRA magnitudes), which are 2-D in shape but 1-D in meaning.
+
+Parameters the classifier's output does not depend on never train (:func:`unreachable_names`): with an
+attention head, which reads the patch tokens, a backbone's pooling-only parts (timm SigLIP's attention-pool
+head, EVA02's ``fc_norm``, ConvNeXt's and Hiera's ``head.norm``) would otherwise count as trainable, sit in
+the optimizer without ever getting a gradient, and carry adapters that cannot learn.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -23,13 +30,17 @@ __all__ = [
     "check_number",
     "check_training_args",
     "classifier_parts",
+    "drop_unreachable",
     "eval_frozen",
     "head_names",
     "no_weight_decay_names",
     "param_groups",
     "register",
     "select",
+    "unreachable_names",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Parameter-name fragments of peft vectors that scale activations (initialised at 1): never decayed.
 _NO_DECAY_FRAGMENTS = ("ia3_l.", "lora_magnitude_vector.")
@@ -110,14 +121,66 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
+def unreachable_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that the output of the classifier ``model`` does not depend on.
+
+    Found by autograd, not by name: one forward of a zero image of the backbone's input size (eval mode,
+    fp32), and every parameter whose gradient is structurally absent (``None``, not zero) is unreachable.
+    The answer is cached on the model for its current set of parameter names (adapters change it).
+    """
+    params = dict(model.named_parameters())
+    cached = model.__dict__.get("_medadapt_unreachable")
+    if cached is not None and cached[0] == tuple(params):
+        return set(cached[1])
+    backbone, _ = classifier_parts(model)
+    spec = backbone.spec
+    first = next(iter(params.values()))
+    x = torch.zeros(1, spec.in_chans, *spec.input_size, device=first.device)
+    flags = {n: p.requires_grad for n, p in params.items()}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        model.eval()
+        with torch.enable_grad(), torch.autocast(first.device.type, enabled=False):
+            out = model(x)
+            grads = torch.autograd.grad(out.float().sum(), list(params.values()), allow_unused=True)
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+        for m, mode in modes.items():
+            m.training = mode
+    dead = {n for n, g in zip(params, grads) if g is None}
+    model.__dict__["_medadapt_unreachable"] = (tuple(params), frozenset(dead))
+    return dead
+
+
+def drop_unreachable(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """``names`` without the unreachable parameters; says once per model which were dropped."""
+    dead = unreachable_names(model)
+    if not dead:
+        return list(names)
+    dropped = [n for n in names if n in dead]
+    if dropped and not model.__dict__.get("_medadapt_unreachable_said"):
+        model.__dict__["_medadapt_unreachable_said"] = True
+        log.info(
+            "%d parameter tensors do not reach the head's input and stay frozen: %s",
+            len(dead),
+            sorted(dead)[:6] + (["..."] if len(dead) > 6 else []),
+        )
+    return [n for n in names if n not in dead]
+
+
 def select(
     model: nn.Module, parts: Sequence[tuple[str, Sequence[str], float]], *, weight_decay: float
 ) -> list[dict[str, Any]]:
     """Train exactly the parameters of ``parts`` (``(label, names, lr)`` each) and return their groups.
 
-    All other parameters are frozen. A name must exist and appear in one part only.
+    All other parameters are frozen, and so are those the output does not depend on
+    (:func:`unreachable_names`). A name must exist and appear in one part only.
     """
     params = dict(model.named_parameters())
+    parts = [(label, drop_unreachable(model, names), lr) for label, names, lr in parts]
     chosen = [n for _, names, _ in parts for n in names]
     unknown = sorted(set(chosen) - params.keys())
     assert not unknown, f"parameters not in the model: {unknown[:5]}"

@@ -11,9 +11,10 @@ Default targets, found by module name and type in any source (timm, HF, open_cli
 scope      modules (suffixes of module names)
 =========  ===============================================================================================
 ``qkv``    attention input projections: timm's fused ``qkv``; HF ``q_proj``/``k_proj``/``v_proj`` (DINOv2 in
-           transformers 5, SigLIP, DINOv3; also timm EVA) or ``query``/``key``/``value`` (DINOv2 in 4.x)
+           transformers 5, SigLIP, DINOv3; also timm EVA) or ``query``/``key``/``value`` (DINOv2 in 4.x);
+           timm's attention-pool head (SigLIP MAP) ``attn_pool.q``/``attn_pool.kv``
 ``attn``   ``qkv`` plus the attention output: ``attn.proj`` (timm), ``o_proj`` / ``out_proj`` (HF DINOv2,
-           DINOv3, SigLIP), ``attention.output.dense`` (DINOv2 in transformers 4.x)
+           DINOv3, SigLIP), ``attention.output.dense`` (DINOv2 in transformers 4.x), ``attn_pool.proj``
 ``all``    ``attn`` plus the MLP: ``fc1``/``fc2`` (timm, DINOv2, SigLIP), ``c_fc``/``c_proj`` (open_clip),
            ``up_proj``/``gate_proj``/``down_proj`` (DINOv3), ``weights_in``/``weights_out`` (SwiGLU)
 =========  ===============================================================================================
@@ -25,7 +26,8 @@ and unmerges the weights around every forward, so the frozen weights drift by ro
 ``Parameter`` objects at each step): their default targets are the MLP layers (``c_fc``, ``c_proj``) whatever
 the scope; ``target_modules=["attn"]`` still asks for peft's version. ``target_modules`` (name suffixes, as
 in peft) overrides all of this; a list that matches nothing raises a :class:`ConfigError` showing the
-module names that exist.
+module names that exist. Modules the classifier's output does not depend on (a pooling head beside an
+attention head, which reads the patch tokens) get no adapters.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,6 +50,7 @@ from ._params import (
     head_names,
     register,
     select,
+    unreachable_names,
 )
 from .base import Strategy
 
@@ -55,9 +58,10 @@ __all__ = ["IA3", "LoRA", "NormTune", "adapter_modules", "merge_adapters", "reso
 
 log = logging.getLogger(__name__)
 
-_ATTN_IN = ("qkv", "query", "key", "value", "q_proj", "k_proj", "v_proj")
-_ATTN_KV = ("qkv", "key", "value", "k_proj", "v_proj")  # IA3 rescales keys and values (fused qkv: all)
-_ATTN_OUT = ("attn.proj", "attention.output.dense", "out_proj", "o_proj")
+# timm's attention-pool head (SigLIP's MAP, ``attn_pool``) has its own ``q``, ``kv`` and ``proj``
+_ATTN_IN = ("qkv", "query", "key", "value", "q_proj", "k_proj", "v_proj", "attn_pool.q", "attn_pool.kv")
+_ATTN_KV = ("qkv", "key", "value", "k_proj", "v_proj", "attn_pool.kv")  # IA3: keys and values (qkv: all)
+_ATTN_OUT = ("attn.proj", "attention.output.dense", "out_proj", "o_proj", "attn_pool.proj")
 _MLP_IN = ("fc1", "fc1_g", "fc1_x", "c_fc", "up_proj", "gate_proj", "weights_in", "w12")
 _MLP_OUT = ("fc2", "c_proj", "down_proj", "weights_out", "w3")
 SCOPES = {"qkv": _ATTN_IN, "attn": _ATTN_IN + _ATTN_OUT, "all": _ATTN_IN + _ATTN_OUT + _MLP_IN + _MLP_OUT}
@@ -76,8 +80,9 @@ def _adaptable(module: nn.Module, *, attention: bool) -> bool:
     return isinstance(module, nn.Linear)
 
 
-def _layers(backbone: nn.Module, *, attention: bool) -> dict[str, nn.Module]:
-    """Modules an adapter can wrap, by name; never the children of an ``nn.MultiheadAttention``.
+def _layers(backbone: nn.Module, *, attention: bool, exclude: Collection[str] = ()) -> dict[str, nn.Module]:
+    """Modules an adapter can wrap, by name; never the children of an ``nn.MultiheadAttention``, nor the
+    modules in ``exclude`` (those the output does not depend on).
 
     ``MultiheadAttention`` calls its ``out_proj`` weights functionally, so an adapter on it would be ignored.
     """
@@ -85,8 +90,24 @@ def _layers(backbone: nn.Module, *, attention: bool) -> dict[str, nn.Module]:
     return {
         n: m
         for n, m in backbone.named_modules()
-        if n and _adaptable(m, attention=attention) and not any(n.startswith(p + ".") for p in mha)
+        if n
+        and n not in exclude
+        and _adaptable(m, attention=attention)
+        and not any(n.startswith(p + ".") for p in mha)
     }
+
+
+def unreachable_modules(model: nn.Module) -> set[str]:
+    """Names (relative to the backbone) of the backbone's modules with parameters, none of which the
+    classifier's output depends on (:func:`~medadapt.strategies._params.unreachable_names`)."""
+    dead = unreachable_names(model)
+    backbone, _ = classifier_parts(model)
+    out = set()
+    for name, module in backbone.named_modules():
+        own = [f"backbone.{name}.{n}" if name else f"backbone.{n}" for n, _ in module.named_parameters()]
+        if own and all(n in dead for n in own):
+            out.add(name)
+    return out
 
 
 def _name_sample(names: Sequence[str], limit: int = 16) -> list[str]:
@@ -102,6 +123,7 @@ def resolve_targets(
     target_modules: Sequence[str] | None = None,
     multihead_attention: bool = False,
     roles: Sequence[str] | None = None,
+    exclude: Collection[str] = (),
 ) -> list[str]:
     """Full names (relative to ``backbone``) of the modules that get adapters.
 
@@ -111,6 +133,8 @@ def resolve_targets(
         multihead_attention: whether ``target_modules`` may name an ``nn.MultiheadAttention`` (peft's LoRA
             wraps them; IA3 cannot).
         roles: the suffixes that define the scope (overrides ``scope``; IA3 uses keys, values and MLP out).
+        exclude: module names never adapted: those the classifier's output does not depend on (a pooling
+            head beside an attention head that reads the tokens; see :func:`unreachable_modules`).
 
     Example:
         >>> resolve_targets(backbone, scope="qkv")  # doctest: +SKIP
@@ -118,8 +142,8 @@ def resolve_targets(
     """
     if target_modules is not None:
         layers = _layers(backbone, attention=multihead_attention)
-        return _user_targets(backbone, layers, target_modules)
-    layers = _layers(backbone, attention=False)
+        return _user_targets(backbone, layers, target_modules, exclude)
+    layers = _layers(backbone, attention=False, exclude=exclude)
     mha = any(isinstance(m, nn.MultiheadAttention) for m in backbone.modules())
     if not mha and not any(_matches(n, _ATTN_IN) for n in layers):  # a CNN: every conv and linear layer
         log.info("no attention layers: adapters on all %d conv/linear layers", len(layers))
@@ -138,13 +162,26 @@ def resolve_targets(
     return found
 
 
-def _user_targets(backbone: nn.Module, layers: dict[str, nn.Module], suffixes: Sequence[str]) -> list[str]:
+def _user_targets(
+    backbone: nn.Module, layers: dict[str, nn.Module], suffixes: Sequence[str], exclude: Collection[str]
+) -> list[str]:
     matched = [n for n, _ in backbone.named_modules() if n and _matches(n, suffixes)]
     if not matched:
         raise ConfigError(
             f"target_modules {list(suffixes)} match no module of the backbone; module names that can be "
             f"targeted (write a suffix, e.g. 'attn.qkv'): {_name_sample(list(layers))}"
         )
+    unused = [n for n in matched if n in exclude]
+    if unused and len(unused) == len(matched):
+        raise ConfigError(
+            f"target_modules {list(suffixes)} match only modules the head's input does not depend on "
+            f"({_name_sample(unused, 4)}: the attention head reads the patch tokens, not the pooled "
+            "embedding); target the encoder's blocks instead"
+        )
+    if unused:
+        log.info("not adapting %d matched modules the head's input does not depend on: %s",
+                 len(unused), _name_sample(unused, 4))  # fmt: skip
+        matched = [n for n in matched if n not in exclude]
     unsupported = [n for n in matched if n not in layers]
     if unsupported:
         kinds = {n: type(backbone.get_submodule(n)).__name__ for n in unsupported[:5]}
@@ -217,13 +254,13 @@ def merge_adapters(module: nn.Module) -> nn.Module:
 class _AdapterStrategy(Strategy):
     """Shared configure/export of the peft strategies; subclasses build the peft config."""
 
-    def _peft_config(self, backbone: nn.Module) -> Any:  # pragma: no cover - abstract
+    def _peft_config(self, backbone: nn.Module, exclude: set[str]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def configure(self, model: nn.Module, *, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         check_training_args(lr, weight_decay)
         backbone, _ = classifier_parts(model)
-        _inject(backbone, self._peft_config(backbone))
+        _inject(backbone, self._peft_config(backbone, unreachable_modules(model)))
         adapters = [n for n, _ in model.named_parameters() if self._marker in n]
         sizes = {n: p.numel() for n, p in backbone.named_parameters()}
         n_adapter = sum(v for n, v in sizes.items() if self._marker in n)
@@ -277,10 +314,14 @@ class LoRA(_AdapterStrategy):
             )
         self.target_modules = _check_targets(self.name, self.target_modules)
 
-    def _peft_config(self, backbone: nn.Module) -> Any:
+    def _peft_config(self, backbone: nn.Module, exclude: set[str]) -> Any:
         peft = require("peft", extra="peft")
         targets = resolve_targets(
-            backbone, scope=self.scope, target_modules=self.target_modules, multihead_attention=True
+            backbone,
+            scope=self.scope,
+            target_modules=self.target_modules,
+            multihead_attention=True,
+            exclude=exclude,
         )
         if any(isinstance(backbone.get_submodule(n), nn.MultiheadAttention) for n in targets):
             log.warning(
@@ -319,9 +360,11 @@ class IA3(_AdapterStrategy):
         self.target_modules = _check_targets(self.name, self.target_modules)
         self.feedforward_modules = _check_targets(self.name, self.feedforward_modules, "feedforward_modules")
 
-    def _peft_config(self, backbone: nn.Module) -> Any:
+    def _peft_config(self, backbone: nn.Module, exclude: set[str]) -> Any:
         peft = require("peft", extra="peft")
-        targets = resolve_targets(backbone, target_modules=self.target_modules, roles=_ATTN_KV + _MLP_OUT)
+        targets = resolve_targets(
+            backbone, target_modules=self.target_modules, roles=_ATTN_KV + _MLP_OUT, exclude=exclude
+        )
         ff_suffixes = self.feedforward_modules or _MLP_OUT
         feedforward = [n for n in targets if _matches(n, ff_suffixes)]
         if self.feedforward_modules and not feedforward:

@@ -33,6 +33,7 @@ from ._params import (
     check_number,
     check_training_args,
     classifier_parts,
+    drop_unreachable,
     eval_frozen,
     head_names,
     no_weight_decay_names,
@@ -213,11 +214,12 @@ class GradualUnfreeze(Strategy):
 
     def _add(self, model: nn.Module, optimizer: Any, stages: list[list[str]], stage: int) -> None:
         params = dict(model.named_parameters())
-        for n in stages[stage]:
+        names = drop_unreachable(model, stages[stage])
+        for n in names:
             params[n].requires_grad_(True)
         groups = param_groups(
             model,
-            stages[stage],
+            names,
             label=f"stage{stage}",
             lr=self._stage_lr(),
             weight_decay=self._weight_decay,
