@@ -139,6 +139,15 @@ def test_mismatched_weights_file_is_a_weights_error(tmp_path):
         create_backbone(TINY["dinov2"], weights=str(tmp_path / "bad.safetensors"), img_size=28)
 
 
+def test_shape_mismatches_are_summarised_not_listed(tmp_path):
+    """torch lists every mismatched tensor (a ResNet-18 file into a ResNet-50: dozens of lines)."""
+    small = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    save_file(small.state_dict(), tmp_path / "r18.safetensors")
+    with pytest.raises(WeightsError, match="does not fit") as e:
+        create_backbone(TINY["resnet50"], weights=str(tmp_path / "r18.safetensors"), img_size=32)
+    assert len(str(e.value).splitlines()) == 1 and "more lines" in str(e.value)
+
+
 def test_offline_pretrained_says_which_file_and_where():
     with pytest.raises(WeightsError) as e:
         create_backbone("timm:vit_small_patch14_dinov2.lvd142m", img_size=28)

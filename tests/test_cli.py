@@ -94,6 +94,8 @@ def test_several_seeds_and_yaml_config_with_flag_override(env):
         (["--weights", "/nonexistent.safetensors"], "--weights"),
         (["--channel-mode", "avg"], "--channel-mode"),
         (["--epochs", "0"], "--epochs"),
+        (["--backbone", "timm:resnet18?foo=1"], "unexpected keyword argument 'foo'"),  # timm: TypeError
+        (["--backbone", "timm:vit_small_patch14_dinov2?embed_dim=30&num_heads=4"], "divisible"),  # Assert
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_keeps_outputs(env, capsys, flags, message):
@@ -105,6 +107,23 @@ def test_bad_input_is_one_line_exit_2_and_keeps_outputs(env, capsys, flags, mess
     assert err.startswith("medadapt: error:") and message in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
     assert (out / "results.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    from tqdm import tqdm
+
+    import medadapt.cli as cli
+    from medadapt.errors import DataError
+
+    def fails(args):
+        bar = tqdm(total=3, desc="epochs")
+        bar.update(1)
+        raise DataError("bad batch")
+
+    monkeypatch.setattr(cli, "_run_list", fails)
+    assert main(["list", "heads"]) == 2
+    err = capsys.readouterr().err
+    assert "\nmedadapt: error: bad batch" in err and not list(tqdm._instances)
 
 
 def test_pretrained_offline_is_an_error_not_a_silent_random_init(env, capsys):

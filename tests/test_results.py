@@ -276,8 +276,12 @@ def test_run_config_gathers_the_seeds_of_parallel_invocations(tmp_path: Path, ca
     # another config in the same folder replaces it, with a warning naming what differs
     with caplog.at_level("WARNING"):
         write_run_config({**base, "seeds": [2], "train": {"lr": 0.01}}, tmp_path)
-    assert "['train.lr']" in caplog.text
+    assert "['train.lr']" in caplog.text and "config.earlier.yaml" in caplog.text
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seeds"] == [2]
+    # ... and the replaced config is kept, oldest first
+    write_run_config({**base, "seeds": [4], "train": {"lr": 0.1}}, tmp_path)
+    earlier = yaml.safe_load((tmp_path / "config.earlier.yaml").read_text())
+    assert [(c["seeds"], c["train"]["lr"]) for c in earlier] == [([0, 1, 3], 0.001), ([2], 0.01)]
 
 
 def test_run_config_tells_an_old_alias_from_the_address_it_names_now(tmp_path: Path, caplog) -> None:

@@ -336,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an error left open, so that its message starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
@@ -346,9 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MedadaptError as e:
+        _close_progress_bars()
         print(f"medadapt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(
             "medadapt: interrupted; finished seeds and cached features are kept, rerun to resume",
             file=sys.stderr,

@@ -14,6 +14,7 @@ __all__ = [
     "WeightsError",
     "UnknownNameError",
     "MissingDependencyError",
+    "brief",
 ]
 
 
@@ -39,3 +40,10 @@ class UnknownNameError(MedadaptError, LookupError):
 
 class MissingDependencyError(MedadaptError, ImportError):
     """An optional dependency is not installed."""
+
+
+def brief(error: BaseException, lines: int = 4) -> str:
+    """``error``'s message cut to its first ``lines`` lines (torch lists every mismatched tensor)."""
+    text = str(error).strip().splitlines()
+    more = len(text) - lines
+    return " ".join(t.strip() for t in text[:lines]) + (f" ... ({more} more lines)" if more > 0 else "")

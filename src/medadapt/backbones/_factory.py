@@ -15,7 +15,7 @@ import yaml
 
 from .._address import format_address, split_address
 from .._registry import Registry
-from ..errors import ConfigError
+from ..errors import ConfigError, MedadaptError, brief
 from .adapt import adapt_first_conv
 from .base import CHANNEL_MODES, Backbone
 
@@ -167,14 +167,24 @@ def create_backbone(
     addr = address if isinstance(address, BackboneAddress) else BackboneAddress.parse(address)
     factory = SOURCES.get(addr.source)
     hw = _as_hw(img_size)
-    backbone = factory(
-        addr,
-        pretrained=pretrained and weights is None,
-        weights=weights,
-        img_size=hw,
-        data_chans=data_chans,
-        channel_mode=channel_mode,
-    )
+    try:
+        backbone = factory(
+            addr,
+            pretrained=pretrained and weights is None,
+            weights=weights,
+            img_size=hw,
+            data_chans=data_chans,
+            channel_mode=channel_mode,
+        )
+    except MedadaptError:
+        raise
+    except (TypeError, AssertionError, RuntimeError, ValueError) as e:
+        # the source's constructor refused an address option (an unknown name, inconsistent values) or the
+        # input size (a position grid of zero patches); sources turn download and file errors into their own
+        raise ConfigError(
+            f"{addr} could not be built at {hw[0]}x{hw[1]} ({type(e).__name__}: {brief(e, 2)}); the options after "
+            "'?' are the model constructor's arguments: check their names and values, and --img-size"
+        ) from e
     _check_runs(backbone, hw)
     return backbone
 
@@ -189,7 +199,7 @@ def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
             backbone.forward_features(x)
     except (RuntimeError, ValueError, AssertionError) as e:
         raise ConfigError(
-            f"{backbone.spec.address} cannot run on {hw[0]}x{hw[1]} inputs ({type(e).__name__}: {e}); "
+            f"{backbone.spec.address} cannot run on {hw[0]}x{hw[1]} inputs ({type(e).__name__}: {brief(e, 2)}); "
             "choose another --size (e.g. 224, or a multiple of the patch size / total stride)"
         ) from e
     finally:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, brief
 from ._factory import BackboneAddress, adapt_channels
 from ._weights import hub_hint, load_state_dict_file
 from .base import Backbone, BackboneSpec, Features, tokens_from_map
@@ -178,7 +178,9 @@ def create(
             _load_file(model, load_state_dict_file(weights), weights, address.name)
     except (RuntimeError, OSError, ValueError) as e:
         if weights is not None:
-            raise WeightsError(f"weights file {weights!r} does not fit timm:{address.name}: {e}") from e
+            raise WeightsError(
+                f"weights file {weights!r} does not fit timm:{address.name}: {brief(e)}"
+            ) from e
         if not pretrained:
             raise
         raise WeightsError(_offline_message(address) + f" ({type(e).__name__}: {e})") from e

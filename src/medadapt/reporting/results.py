@@ -127,7 +127,8 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     Seeds run by separate invocations into one folder (one process per seed) are recorded together: when
     the folder's ``config.yaml`` equals ``config`` but for the seeds and the other :data:`_PER_INVOCATION`
     keys, its seeds are kept and the new ones added (the other keys are this invocation's). A config that
-    differs otherwise replaces it, with a warning, since ``results.csv`` then holds rows of both.
+    differs otherwise replaces it, with a warning, since ``results.csv`` then holds rows of both; the one it
+    replaces is appended to ``config.earlier.yaml`` (a list, oldest first), so no record is lost.
     """
     out = Path(out)
     path = out / "config.yaml"
@@ -143,11 +144,15 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
             a, b = _result_keys(old), _result_keys(new)
             differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if differ:
+                earlier = out / "config.earlier.yaml"
+                kept = yaml.safe_load(earlier.read_text()) if earlier.exists() else None
+                write_yaml([*(kept if isinstance(kept, list) else []), old], earlier)
                 log.warning(
                     "%s is replaced: the earlier run written there differs in %s, and results.csv holds rows "
-                    "of both; use a new --out to keep runs apart",
+                    "of both; its config is kept in %s; use a new --out to keep runs apart",
                     path,
                     differ,
+                    earlier.name,
                 )
             else:
                 new["seeds"] = sorted({*old["seeds"], *new["seeds"]})
