@@ -136,6 +136,9 @@ def test_pretrained_offline_is_an_error_not_a_silent_random_init(env, capsys):
 def test_list_and_help(capsys):
     assert main(["list", "backbones", "*rad*"]) == 0
     assert "hf:microsoft/rad-dino" in capsys.readouterr().out
+    assert main(["list", "presets", "medmnist_plus"]) == 0  # each preset with its description
+    listed = capsys.readouterr().out
+    assert listed.startswith("medmnist_plus\n    MedMNIST+") and "Known differences" in listed
     assert main(["list", "datasets", "*pneumonia*"]) == 0
     assert "medmnist:pneumoniamnist" in capsys.readouterr().out
     parser = build_parser()

@@ -251,6 +251,17 @@ def _distill(root, *extra):
             "--cache-dir", str(root / "cache"), *extra]  # fmt: skip
 
 
+def test_an_offline_teacher_names_the_teacher_flags(tmp_path, monkeypatch, capsys):
+    write_fake_medmnist(tmp_path / "data", monkeypatch)
+    args = _distill(tmp_path, "--teacher", "timm:vit_small_patch14_dinov2.lvd142m", "--teacher-img-size", "28",
+                    "--seeds", "0", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert main(args) == 2  # no hub here: the teacher's pretrained weights are missing
+    err = capsys.readouterr().err
+    assert "teacher timm:vit_small_patch14_dinov2.lvd142m" in err
+    assert "--teacher-weights" in err and "--teacher-no-pretrained" in err
+    assert " --weights" not in err and " --no-pretrained" not in err
+
+
 def test_distill_from_a_backbone_teacher_end_to_end(tmp_path, monkeypatch, capsys):
     write_fake_medmnist(tmp_path / "data", monkeypatch)
     out = tmp_path / "out"

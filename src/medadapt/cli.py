@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -294,11 +295,24 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _list_presets(pattern: str) -> list[str]:
+    """Each matching preset's name, then its description (the protocol, and where it differs), indented."""
     import fnmatch
+    import textwrap
 
-    from .config import preset_names
+    from .config import preset_description, preset_names
 
-    return [n for n in preset_names() if fnmatch.fnmatchcase(n, pattern)]
+    lines = []
+    for name in (n for n in preset_names() if fnmatch.fnmatchcase(n, pattern)):
+        text = preset_description(name)
+        lines += [
+            name,
+            *(
+                textwrap.wrap(
+                    text, 100, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False
+                )
+            ),
+        ]
+    return lines
 
 
 def _list_backbones(pattern: str) -> list[str]:
@@ -357,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_progress_bars()
         print(f"medadapt: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`medadapt list backbones | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
+        return 0
     except KeyboardInterrupt:
         _close_progress_bars()
         print(

@@ -261,13 +261,22 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))  # fmt: skip
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """A protocol preset by name (see :func:`preset_names`), as a config layer."""
+def _preset_file(name: str) -> dict[str, Any]:
     names = preset_names()
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; valid: {names}")
     text = resources.files("medadapt").joinpath(f"configs/{name}.yaml").read_text()
-    data = load_yaml_text(text) or {}
+    return load_yaml_text(text) or {}
+
+
+def preset_description(name: str) -> str:
+    """What the preset ``name`` reproduces and how it differs from its reference (its ``description``)."""
+    return " ".join(str(_preset_file(name).get("description", "")).split())
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A protocol preset by name (see :func:`preset_names`), as a config layer."""
+    data = _preset_file(name)
     data.pop("description", None)
     data.pop("reference", None)
     return {k.replace("-", "_"): v for k, v in data.items()}

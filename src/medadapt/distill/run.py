@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from .._io import atomic_write
 from ..config import DistillConfig
 from ..data.base import MedicalDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, MedadaptError
 from ..evaluation.metrics import compute_metrics
 from ..reporting.results import read_results, results_rows, save_predictions, write_results
 from ..training.probe import to_scores
@@ -139,8 +140,16 @@ def _train_probe_teacher(cfg: DistillConfig, seed: int, out: Path, show_progress
         teacher = dict(backbone=cfg.teacher[0], out=str(where), head="linear", head_kwargs={}, seeds=[seed],
                        img_size=cfg.teacher_img_size or cfg.img_size, channel_mode=cfg.teacher_channel_mode,
                        pretrained=cfg.teacher_pretrained, weights=cfg.teacher_weights)  # fmt: skip
-        probe(ProbeConfig(**{**shared, **teacher}, cache_dir=cfg.cache_dir), show_progress=show_progress)
+        try:
+            probe(ProbeConfig(**{**shared, **teacher}, cache_dir=cfg.cache_dir), show_progress=show_progress)
+        except MedadaptError as e:  # a message about the backbone names the flags of `medadapt probe`
+            message = _TEACHER_FLAGS.sub(r"--teacher-\1", str(e))
+            raise type(e)(f"teacher {cfg.teacher[0]}: {message}") from e
     return model_dir
+
+
+#: Flags of a backbone's settings that ``distill`` spells ``--teacher-...`` for the teacher.
+_TEACHER_FLAGS = re.compile(r"(?<![\w-])--(weights|no-pretrained|img-size|channel-mode)\b")
 
 
 def _check_saved_teacher(cfg: DistillConfig, model_dir: Path) -> None:
