@@ -599,7 +599,9 @@ def test_unknown_target_modules_list_the_existing_names(request) -> None:
 def test_user_targets_and_feedforward(request) -> None:
     pytest.importorskip("peft")
     model, _ = _classifier("vit", request)
-    s = create_strategy("ia3", target_modules=["mlp.fc1", "mlp.fc2"], feedforward_modules=["fc2"])
+    # a comma-separated string is a list (--option target_modules=mlp.fc1,mlp.fc2)
+    s = create_strategy("ia3", target_modules="mlp.fc1, mlp.fc2", feedforward_modules="fc2")
+    assert s.target_modules == ["mlp.fc1", "mlp.fc2"] and s.feedforward_modules == ["fc2"]
     names = _names_in(s.configure(model, lr=LR, weight_decay=WD), model)
     ia3 = [n for n in names if ".ia3_l." in n]
     assert len(ia3) == 4 and all(".mlp.fc" in n for n in ia3)

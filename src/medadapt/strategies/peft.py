@@ -195,7 +195,8 @@ def _user_targets(
 def _check_targets(strategy: str, targets: Any, option: str = "target_modules") -> list[str] | None:
     if targets is None:
         return None
-    targets = [targets] if isinstance(targets, str) else targets
+    if isinstance(targets, str):  # --option target_modules=qkv,fc1 (as dataset options take lists)
+        targets = [t.strip() for t in targets.split(",")]
     if (
         not isinstance(targets, (list, tuple))
         or not targets
