@@ -197,6 +197,27 @@ def test_bad_rows_error_lists_row_numbers(tmp_path: Path) -> None:
         assert text in message
 
 
+def test_one_error_lists_the_bad_rows_of_every_split(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from medadapt.api import load_splits
+
+    Image.fromarray(_gray(4, 4)).save(tmp_path / "ok.png")
+    rows = [
+        {"path": "ok.png", "label": "ab"[i % 2], "split": s}
+        for s in ("train", "val", "test")
+        for i in range(4)
+    ]
+    rows[1]["path"], rows[9]["path"] = "gone1.png", "gone2.png"  # one in train, one in test
+    cfg = SimpleNamespace(dataset=f"csv:{_csv(tmp_path / 'l.csv', rows)}", data_root=None, skip_bad_rows=False,
+                          size=None)  # fmt: skip
+    with pytest.raises(DataError) as err:
+        load_splits(cfg)
+    message = str(err.value)
+    assert "split 'train'" in message and "gone1.png" in message
+    assert "split 'test'" in message and "gone2.png" in message and "split 'val'" not in message
+
+
 def test_skip_bad_drops_rows_and_keeps_metadata_aligned(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,6 +25,7 @@ from .backbones._factory import resolve_alias
 from .config import FinetuneConfig, ProbeConfig, RunConfig
 from .data import SPLITS, MedicalDataset, load_dataset
 from .data.transforms import Preprocess
+from .errors import DataError
 from .evaluation.metrics import compute_metrics
 from .features import FeatureSet, extract_features
 from .reporting.results import (
@@ -49,7 +50,16 @@ def load_splits(cfg: RunConfig) -> dict[str, MedicalDataset]:
     opts: dict[str, Any] = {"root": cfg.data_root, "skip_bad": cfg.skip_bad_rows}
     if cfg.size is not None:
         opts["size"] = cfg.size
-    return {split: load_dataset(cfg.dataset, split, **opts) for split in SPLITS}
+    splits, problems = {}, []
+    for split in SPLITS:  # every split is checked, so one error lists the bad rows of all of them
+        try:
+            splits[split] = load_dataset(cfg.dataset, split, **opts)
+        except DataError as e:
+            if str(e) not in problems:  # a missing file is the same error for every split
+                problems.append(str(e))
+    if problems:
+        raise DataError("; also ".join(problems))
+    return splits
 
 
 def probe(
