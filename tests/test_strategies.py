@@ -235,6 +235,24 @@ def test_frozen_keeps_batchnorm_statistics(request) -> None:
     assert all(torch.equal(b, buffers[n]) for n, b in model.backbone.named_buffers())
 
 
+@pytest.mark.parametrize("strategy", ["lora", "ia3", "ln_tune"])
+def test_peft_strategies_leave_batchnorm_in_train_mode(strategy, request) -> None:
+    """As the README says: batch statistics, updated running statistics, frozen BatchNorm weights."""
+    if strategy != "ln_tune":
+        pytest.importorskip("peft")
+    model, size = _classifier("resnet", request)
+    s = create_strategy(strategy)
+    optimizer = torch.optim.AdamW(s.configure(model, lr=LR, weight_decay=WD))
+    model.train()
+    s.on_epoch_start(1, model, optimizer, [])
+    bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [bn.running_mean.clone() for bn in bns]
+    _steps(model, optimizer, size, n=1)
+    assert all(bn.training for bn in bns)
+    assert all(not torch.equal(bn.running_mean, b) for bn, b in zip(bns, before))
+    assert all(bn.weight.requires_grad == (strategy == "ln_tune") for bn in bns)
+
+
 # ------------------------------------------------------------------------------------------ LRs
 def _lr_of(groups: list[dict[str, Any]], model: nn.Module) -> dict[str, float]:
     by_id = {id(p): n for n, p in model.named_parameters()}
