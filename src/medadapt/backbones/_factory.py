@@ -181,9 +181,11 @@ def create_backbone(
     except (TypeError, AssertionError, RuntimeError, ValueError) as e:
         # the source's constructor refused an address option (an unknown name, inconsistent values) or the
         # input size (a position grid of zero patches); sources turn download and file errors into their own
+        source = f" from --weights {weights!r}" if weights is not None else ""
         raise ConfigError(
-            f"{addr} could not be built at {hw[0]}x{hw[1]} ({type(e).__name__}: {brief(e, 2)}); the options after "
-            "'?' are the model constructor's arguments: check their names and values, and --img-size"
+            f"{addr} could not be built{source} at {hw[0]}x{hw[1]} ({type(e).__name__}: {brief(e, 2)}); the "
+            "options after '?' are the model constructor's arguments: check their names and values, and "
+            "--img-size" + ("; and that the file is a checkpoint of this model" if weights is not None else "")
         ) from e
     _check_runs(backbone, hw)
     return backbone
