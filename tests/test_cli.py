@@ -96,6 +96,7 @@ def test_several_seeds_and_yaml_config_with_flag_override(env):
         (["--epochs", "0"], "--epochs"),
         (["--backbone", "timm:resnet18?foo=1"], "unexpected keyword argument 'foo'"),  # timm: TypeError
         (["--backbone", "timm:vit_small_patch14_dinov2?embed_dim=30&num_heads=4"], "divisible"),  # Assert
+        (["--backbone", "timm:resnet18?output_stride=7"], "assert output_stride"),  # a bare assert: its line
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_keeps_outputs(env, capsys, flags, message):

@@ -197,7 +197,7 @@ def test_bad_rows_error_lists_row_numbers(tmp_path: Path) -> None:
         assert text in message
 
 
-def test_one_error_lists_the_bad_rows_of_every_split(tmp_path: Path) -> None:
+def test_one_error_lists_the_bad_rows_of_every_split(tmp_path: Path, monkeypatch) -> None:
     from types import SimpleNamespace
 
     from medadapt.api import load_splits
@@ -216,6 +216,20 @@ def test_one_error_lists_the_bad_rows_of_every_split(tmp_path: Path) -> None:
     message = str(err.value)
     assert "split 'train'" in message and "gone1.png" in message
     assert "split 'test'" in message and "gone2.png" in message and "split 'val'" not in message
+    # any other error (a missing file, a download) is the same for every split: raised at the first
+    import medadapt.api
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(medadapt.api, "load_dataset", counted)
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits(SimpleNamespace(dataset=f"csv:{tmp_path / 'none.csv'}", data_root=None, skip_bad_rows=False,
+                                    size=None))  # fmt: skip
+    assert len(calls) == 1
 
 
 def test_skip_bad_drops_rows_and_keeps_metadata_aligned(

@@ -414,6 +414,18 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     run(out_dir=tmp_path, resume=True, epochs=2, n=32, device="cpu", num_workers=0)  # same settings: fine
 
 
+def test_resume_with_optimizer_groups_of_another_version_is_a_clear_error(tmp_path):
+    """A checkpoint whose optimizer trained other parameters (an older medadapt) is refused with a message."""
+    with pytest.raises(Killed):
+        run(out_dir=tmp_path, progress=kill_after(1), epochs=2, n=32)
+    path = tmp_path / CHECKPOINT_NAME
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].pop()
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="does not fit this run's parameter groups.*afresh"):
+        run(out_dir=tmp_path, resume=True, epochs=2, n=32)
+
+
 def test_cost_and_history_keys():
     res = run(epochs=2, n=32, eval_every=2)
     assert set(res.cost) == {"total_params", "trainable_params", "peak_memory_bytes", "wall_seconds",

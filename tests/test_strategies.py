@@ -357,6 +357,25 @@ def test_unfreeze_schedule_by_time(every, request) -> None:
     assert {g["lr"] for g in optimizer.param_groups if g["name"].startswith("stage")} == {LR * 0.5}
 
 
+def test_unfreeze_skips_a_top_group_the_head_does_not_use(request, caplog) -> None:
+    """SigLIP's attention pool is its own top layer group; with an attention head it is no stage at all."""
+    model, size = _classifier("siglip", request, "attention")
+    stages = _stage_names(model)
+    assert not any(n.startswith(POOLING_ONLY["siglip"]) for g in stages for n in g)
+    s = create_strategy("unfreeze", every=1)
+    optimizer = torch.optim.AdamW(s.configure(model, lr=LR, weight_decay=WD))
+    with caplog.at_level("WARNING"):
+        for epoch in range(1, 4):
+            model.train()
+            s.on_epoch_start(epoch, model, optimizer, [])
+            before = _snapshot(model)
+            _steps(model, optimizer, size, n=1)
+            if epoch > 1:  # the stages joined so far all train
+                assert set().union(*stages[len(stages) - (epoch - 1) :]) <= _changed(model, before)
+    assert not caplog.text  # no "stage was not in the optimizer" warnings
+    assert [e["stage"] for e in s.schedule] == [len(stages) - 1, len(stages) - 2]
+
+
 def test_unfreeze_keeps_frozen_stages_in_eval_mode(request) -> None:
     model, size = _classifier("resnet", request)
     s = create_strategy("unfreeze")

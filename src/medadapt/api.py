@@ -25,7 +25,7 @@ from .backbones._factory import resolve_alias
 from .config import FinetuneConfig, ProbeConfig, RunConfig
 from .data import SPLITS, MedicalDataset, load_dataset
 from .data.transforms import Preprocess
-from .errors import DataError
+from .errors import BadRowsError
 from .evaluation.metrics import compute_metrics
 from .features import FeatureSet, extract_features
 from .reporting.results import (
@@ -54,11 +54,10 @@ def load_splits(cfg: RunConfig) -> dict[str, MedicalDataset]:
     for split in SPLITS:  # every split is checked, so one error lists the bad rows of all of them
         try:
             splits[split] = load_dataset(cfg.dataset, split, **opts)
-        except DataError as e:
-            if str(e) not in problems:  # a missing file is the same error for every split
-                problems.append(str(e))
+        except BadRowsError as e:  # any other error (a missing file) is the same for every split: raised
+            problems.append(str(e))
     if problems:
-        raise DataError("; also ".join(problems))
+        raise BadRowsError("; also ".join(problems))
     return splits
 
 

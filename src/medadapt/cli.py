@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # the reader went away (`medadapt list backbones | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
-        return 0
+        return 1
     except KeyboardInterrupt:
         _close_progress_bars()
         print(

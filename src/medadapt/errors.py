@@ -11,6 +11,7 @@ __all__ = [
     "MedadaptError",
     "ConfigError",
     "DataError",
+    "BadRowsError",
     "WeightsError",
     "UnknownNameError",
     "MissingDependencyError",
@@ -30,6 +31,10 @@ class DataError(MedadaptError):
     """A dataset file, image or label is missing, corrupt or inconsistent."""
 
 
+class BadRowsError(DataError):
+    """Rows of a table dataset (CSV / folder) whose image or label is unusable (``skip_bad`` drops them)."""
+
+
 class WeightsError(MedadaptError):
     """Model weights are missing, unreadable or do not fit the model."""
 
@@ -43,7 +48,13 @@ class MissingDependencyError(MedadaptError, ImportError):
 
 
 def brief(error: BaseException, lines: int = 4) -> str:
-    """``error``'s message cut to its first ``lines`` lines (torch lists every mismatched tensor)."""
+    """``error``'s message cut to its first ``lines`` lines (torch lists every mismatched tensor); for an
+    error without a message (a bare ``assert``), the source line that raised it."""
     text = str(error).strip().splitlines()
+    if not text:
+        import traceback
+
+        frames = traceback.extract_tb(error.__traceback__)
+        return f"{frames[-1].line} ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     more = len(text) - lines
     return " ".join(t.strip() for t in text[:lines]) + (f" ... ({more} more lines)" if more > 0 else "")

@@ -185,7 +185,8 @@ def create_backbone(
         raise ConfigError(
             f"{addr} could not be built{source} at {hw[0]}x{hw[1]} ({type(e).__name__}: {brief(e, 2)}); the "
             "options after '?' are the model constructor's arguments: check their names and values, and "
-            "--img-size" + ("; and that the file is a checkpoint of this model" if weights is not None else "")
+            "--img-size"
+            + ("; and that the file is a checkpoint of this model" if weights is not None else "")
         ) from e
     _check_runs(backbone, hw)
     return backbone
@@ -202,7 +203,7 @@ def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
     except (RuntimeError, ValueError, AssertionError) as e:
         raise ConfigError(
             f"{backbone.spec.address} cannot run on {hw[0]}x{hw[1]} inputs ({type(e).__name__}: {brief(e, 2)}); "
-            "choose another --size (e.g. 224, or a multiple of the patch size / total stride)"
+            "choose another --img-size (e.g. 224, or a multiple of the patch size / total stride)"
         ) from e
     finally:
         for module, training in modes.items():  # restore each module's own mode (sources mix them)

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import BadRowsError, ConfigError, DataError
 from ..tasks import TASKS
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
 from .images import probe_image, read_image
@@ -470,7 +470,7 @@ def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -
         logger.warning("%s: split %r has no %ss; the dataset is empty", rows.source, split, rows.unit)
     errors = _split_errors(rows, in_split, opts.verify)
     if errors and not skip_bad:
-        raise DataError(_bad_rows_message(rows, split, errors, int(in_split.sum())))
+        raise BadRowsError(_bad_rows_message(rows, split, errors, int(in_split.sum())))
     if errors:
         logger.warning(
             "%s: skipped %d bad %s(s) in split %r; see dataset.skipped",

@@ -121,6 +121,14 @@ def _result_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _keep_earlier(config: dict[str, Any], out: Path) -> Path:
+    """Append ``config`` (being replaced) to ``out/config.earlier.yaml``, a list, oldest first."""
+    earlier = out / "config.earlier.yaml"
+    kept = yaml.safe_load(earlier.read_text()) if earlier.exists() else None
+    write_yaml([*(kept if isinstance(kept, list) else [kept] if kept else []), config], earlier)
+    return earlier
+
+
 def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     """Write ``out/config.yaml``; returns what was written.
 
@@ -140,13 +148,13 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
             # an alias (whose meaning may have changed since) is left unknown, so the configs differ
             if ":" in str(old.get("backbone", "")):
                 old["backbone_address"] = old["backbone"]
+        if isinstance(old, dict) and not ("seeds" in old and "seeds" in new) and old != new:
+            _keep_earlier(old, out)
         if isinstance(old, dict) and "seeds" in old and "seeds" in new:
             a, b = _result_keys(old), _result_keys(new)
             differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             if differ:
-                earlier = out / "config.earlier.yaml"
-                kept = yaml.safe_load(earlier.read_text()) if earlier.exists() else None
-                write_yaml([*(kept if isinstance(kept, list) else []), old], earlier)
+                earlier = _keep_earlier(old, out)
                 log.warning(
                     "%s is replaced: the earlier run written there differs in %s, and results.csv holds rows "
                     "of both; its config is kept in %s; use a new --out to keep runs apart",

@@ -557,7 +557,14 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cf
         with seeded(_seed(cfg.seed, epoch, _MODEL_RNG), device):
             _start_epoch(epoch, model, optimizer, scheduler, strategy, history[: epoch - 1])
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:  # other parameter groups: the checkpoint is from a version that trained others
+        raise ConfigError(
+            f"the checkpoint's optimizer state does not fit this run's parameter groups ({e}); it was "
+            "written by a medadapt version that trained other parameters: start the run afresh (a new --out, "
+            "or remove the seed's checkpoint.pt)"
+        ) from e
     scheduler.load_state_dict(state["scheduler"])
     strategy.load_state_dict(state["strategy"])
     best = state["best"]
