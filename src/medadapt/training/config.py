@@ -83,7 +83,10 @@ class TrainConfig:
             self.milestones = [m for m in default if m >= 1]
         ms = list(self.milestones)
         if not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m <= self.epochs for m in ms):
-            raise ConfigError(f"--milestones must be epochs in [1, {self.epochs}], got {ms!r}")
+            raise ConfigError(
+                f"--milestones must be epochs in [1, {self.epochs}], got {ms!r}; with fewer --epochs than a "
+                "preset's, give --milestones too (the official MedMNIST v2 ones are at 50% and 75%)"
+            )
         self.milestones = sorted(ms)
 
     def to_dict(self) -> dict[str, Any]:
