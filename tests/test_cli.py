@@ -137,6 +137,9 @@ def test_pretrained_offline_is_an_error_not_a_silent_random_init(env, capsys):
 def test_list_and_help(capsys):
     assert main(["list", "backbones", "*rad*"]) == 0
     assert "hf:microsoft/rad-dino" in capsys.readouterr().out
+    assert main(["list", "strategies", "lora"]) == 0  # a line of description, then the options' defaults
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("lora  Low-rank adapters") and "r=8" in listed[1] and "scope=qkv" in listed[1]
     assert main(["list", "presets", "medmnist_plus"]) == 0  # each preset with its description
     listed = capsys.readouterr().out
     assert listed.startswith("medmnist_plus\n    MedMNIST+") and "Known differences" in listed

@@ -280,13 +280,40 @@ def _registry_lister(module: str, name: str) -> Callable[[str], list[str]]:
     return list_names
 
 
+def _described(module: str, name: str, *, options: bool = False) -> Callable[[str], list[str]]:
+    """Lines ``name  first docstring line`` (and, for strategies, their ``--option`` defaults)."""
+
+    def lines(pattern: str) -> list[str]:
+        import dataclasses
+
+        registry = getattr(importlib.import_module(module), name)
+        names = registry.list(pattern)
+        width = max((len(n) for n in names), default=0)
+        out = []
+        for n in names:
+            cls = registry.get(n)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            out.append(f"{n:<{width}}  {doc[0].replace('``', '`') if doc else ''}")
+            if options and dataclasses.is_dataclass(cls):
+                fields = [
+                    f.name if f.default is dataclasses.MISSING else f"{f.name}={f.default}"
+                    for f in dataclasses.fields(cls)
+                    if not f.name.startswith("_")
+                ]
+                if fields:
+                    out.append(f"{'':<{width}}  --option " + ", ".join(fields))
+        return out
+
+    return lines
+
+
 def _run_list(args: argparse.Namespace) -> int:
     lister: dict[str, Callable[[str], list[str]]] = {
         "backbones": _list_backbones,
         "datasets": _list_datasets,
-        "heads": _registry_lister("medadapt.heads", "HEADS"),
+        "heads": _described("medadapt.heads", "HEADS"),
         "metrics": _registry_lister("medadapt.evaluation.metrics", "METRICS"),
-        "strategies": _registry_lister("medadapt.strategies", "STRATEGIES"),
+        "strategies": _described("medadapt.strategies", "STRATEGIES", options=True),
         "presets": _list_presets,
     }
     lines = lister[args.what](args.pattern)
