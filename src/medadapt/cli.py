@@ -330,15 +330,8 @@ def _list_presets(pattern: str) -> list[str]:
 
     lines = []
     for name in (n for n in preset_names() if fnmatch.fnmatchcase(n, pattern)):
-        text = preset_description(name)
-        lines += [
-            name,
-            *(
-                textwrap.wrap(
-                    text, 100, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False
-                )
-            ),
-        ]
+        indent = dict(initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False)
+        lines += [name, *textwrap.wrap(preset_description(name), 100, **indent)]
     return lines
 
 

@@ -124,8 +124,8 @@ def _result_keys(config: Mapping[str, Any]) -> dict[str, Any]:
 def _keep_earlier(config: dict[str, Any], out: Path) -> Path:
     """Append ``config`` (being replaced) to ``out/config.earlier.yaml``, a list, oldest first."""
     earlier = out / "config.earlier.yaml"
-    kept = yaml.safe_load(earlier.read_text()) if earlier.exists() else None
-    write_yaml([*(kept if isinstance(kept, list) else [kept] if kept else []), config], earlier)
+    kept = (yaml.safe_load(earlier.read_text()) or []) if earlier.exists() else []
+    write_yaml([*(kept if isinstance(kept, list) else [kept]), config], earlier)
     return earlier
 
 

@@ -30,7 +30,6 @@ __all__ = [
     "check_number",
     "check_training_args",
     "classifier_parts",
-    "drop_unreachable",
     "eval_frozen",
     "head_names",
     "no_weight_decay_names",
@@ -154,6 +153,9 @@ def unreachable_names(model: nn.Module) -> set[str]:
             m.training = mode
     dead = {n for n, p in params.items() if id(p) not in leaves}
     model.__dict__["_medadapt_unreachable"] = (tuple(params), frozenset(dead))
+    if dead:
+        log.info("%d parameter tensors do not reach the output and never train: %s", len(dead),
+                 sorted(dead)[:6] + (["..."] if len(dead) > 6 else []))  # fmt: skip
     return dead
 
 
@@ -178,22 +180,6 @@ def _graph_leaves(out: torch.Tensor) -> set[int]:
     return found
 
 
-def drop_unreachable(model: nn.Module, names: Sequence[str]) -> list[str]:
-    """``names`` without the unreachable parameters; says once per model which were dropped."""
-    dead = unreachable_names(model)
-    if not dead:
-        return list(names)
-    dropped = [n for n in names if n in dead]
-    if dropped and not model.__dict__.get("_medadapt_unreachable_said"):
-        model.__dict__["_medadapt_unreachable_said"] = True
-        log.info(
-            "%d parameter tensors do not reach the head's input and stay frozen: %s",
-            len(dead),
-            sorted(dead)[:6] + (["..."] if len(dead) > 6 else []),
-        )
-    return [n for n in names if n not in dead]
-
-
 def select(
     model: nn.Module, parts: Sequence[tuple[str, Sequence[str], float]], *, weight_decay: float
 ) -> list[dict[str, Any]]:
@@ -203,7 +189,8 @@ def select(
     (:func:`unreachable_names`). A name must exist and appear in one part only.
     """
     params = dict(model.named_parameters())
-    parts = [(label, drop_unreachable(model, names), lr) for label, names, lr in parts]
+    dead = unreachable_names(model)
+    parts = [(label, [n for n in names if n not in dead], lr) for label, names, lr in parts]
     chosen = [n for _, names, _ in parts for n in names]
     unknown = sorted(set(chosen) - params.keys())
     assert not unknown, f"parameters not in the model: {unknown[:5]}"

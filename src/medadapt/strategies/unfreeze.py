@@ -33,7 +33,6 @@ from ._params import (
     check_number,
     check_training_args,
     classifier_parts,
-    drop_unreachable,
     eval_frozen,
     head_names,
     no_weight_decay_names,
@@ -214,12 +213,11 @@ class GradualUnfreeze(Strategy):
 
     def _add(self, model: nn.Module, optimizer: Any, stages: list[list[str]], stage: int) -> None:
         params = dict(model.named_parameters())
-        names = drop_unreachable(model, stages[stage])
-        for n in names:
+        for n in stages[stage]:  # the stages hold no unreachable parameters (backbone_stages)
             params[n].requires_grad_(True)
         groups = param_groups(
             model,
-            names,
+            stages[stage],
             label=f"stage{stage}",
             lr=self._stage_lr(),
             weight_decay=self._weight_decay,
