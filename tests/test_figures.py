@@ -146,9 +146,10 @@ def test_gradcam_maps_vary_and_leave_the_model_as_it_was(model_case) -> None:
         assert (grad is None and after[2][name] is None) or torch.equal(grad, after[2][name])
 
 
-def test_gradcam_on_padded_input_is_cropped_back_to_the_image() -> None:
-    model, _ = _classifier("timm:resnet18", 64, 1)
-    prep = Preprocess(size=64, mode="pad")
+@pytest.mark.parametrize("mode", ["pad", "pad_mean"])
+def test_gradcam_on_padded_input_is_cropped_back_to_the_image(mode: str) -> None:
+    model, prep = _classifier("timm:resnet18", 64, 1)
+    prep = Preprocess(size=64, mode=mode, mean=prep.mean, std=prep.std)
     maps = figures.gradcam_maps(model, _images(2, 1, size=28), preprocess=prep)
     assert maps.shape == (2, 28, 28)
 

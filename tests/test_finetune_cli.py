@@ -101,9 +101,9 @@ def test_medmnist_v2_preset_is_the_official_protocol():
 
 
 def test_medmnist_plus_preset_follows_the_reference_code():
-    """sdoerrich97/rethinking-model-prototyping-MedMNISTPlus train.py: as_rgb, timm AdamW (wd 0.01), best val loss."""
+    """sdoerrich97/rethinking-model-prototyping-MedMNISTPlus train.py: as_rgb, Normalize then Pad, timm AdamW (wd 0.01), best val loss."""
     p = load_preset("medmnist_plus")
-    assert p["resize_mode"] == "pad" and p["img_size"] == 224 and p["channel_mode"] == "repeat"
+    assert p["resize_mode"] == "pad_mean" and p["img_size"] == 224 and p["channel_mode"] == "repeat"
     assert {k: p["train"][k] for k in ("optimizer", "lr", "weight_decay", "batch_size", "early_stop", "patience",
                                        "select_on")} == {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01,
             "batch_size": 64, "early_stop": "val_loss", "patience": 5, "select_on": "val_loss"}  # fmt: skip

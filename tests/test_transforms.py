@@ -77,6 +77,37 @@ def test_pad_centres_the_image_on_zeros():
     assert (out[inside] == 1).all() and (out[~inside] == 0).all()
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_pad_mean_matches_the_medmnist_plus_reference_transform():
+    """The MedMNIST+ code normalises the RGB copy of the gray image, then pads with zeros (torchvision)."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    x = images(2, 1, 28, 28)
+    ref = transforms.Compose([
+        transforms.ToTensor(),
+        transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        transforms.Pad((98, 98, 98, 98), fill=0, padding_mode="constant"),
+    ])  # fmt: skip
+    expected = torch.stack([ref(Image.fromarray(im[0].numpy()).convert("RGB")) for im in x])
+    prep = Preprocess(size=224, mode="pad_mean", mean=IMAGENET_MEAN, std=IMAGENET_STD, repeat_channels=True)
+    out = prep(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert (out[..., :98, :] == 0).all() and (out[..., 126:, :] == 0).all()  # exactly the mean colour
+    black = Preprocess(size=224, mode="pad", mean=IMAGENET_MEAN, std=IMAGENET_STD, repeat_channels=True)(x)
+    torch.testing.assert_close(black[..., 98:126, 98:126], out[..., 98:126, 98:126], rtol=0, atol=0)
+    corner = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    torch.testing.assert_close(black[0, :, 0, 0], corner)  # pad: black before normalising
+
+
+def test_pad_mean_needs_normalisation_and_matching_channels():
+    with pytest.raises(ConfigError, match="pad_mean.*no mean/std.*--resize-mode pad"):
+        Preprocess(size=32, mode="pad_mean")
+    prep = Preprocess(size=32, mode="pad_mean", mean=IMAGENET_MEAN, std=IMAGENET_STD)  # no gray-to-RGB copy
+    with pytest.raises(ConfigError, match="3 channel values.*1 channel.*--channel-mode"):
+        prep(images())
+
+
 def test_pad_refuses_larger_images():
     with pytest.raises(ConfigError, match="--resize-mode"):
         Preprocess(size=16, mode="pad")(images())
@@ -151,15 +182,18 @@ def test_collate_resizes_mixed_sizes_on_tensors():
 
 
 @pytest.mark.parametrize(
-    ("mode", "interpolation"), [("pad", "bilinear"), ("resize", "bicubic"), ("resize", "nearest")]
-)
-def test_mixed_sizes_are_fitted_per_image_as_the_model_would(mode, interpolation):
+    ("mode", "interpolation", "rgb"),
+    [("pad", "bilinear", False), ("pad_mean", "bilinear", False), ("pad_mean", "bilinear", True),
+     ("resize", "bicubic", False), ("resize", "nearest", False)],
+)  # fmt: skip
+def test_mixed_sizes_are_fitted_per_image_as_the_model_would(mode, interpolation, rgb):
     """An image's preprocessed tensor does not depend on which images share its batch."""
-    prep = Preprocess(size=(16, 16), mode=mode, interpolation=interpolation, mean=(0.5,), std=(0.25,))
+    stats = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if rgb else {"mean": (0.5,), "std": (0.25,)}
+    prep = Preprocess(size=(16, 16), mode=mode, interpolation=interpolation, repeat_channels=rgb, **stats)
     ds = TinyDataset(4, sizes=(8, 12))
     alone = prep(ds.image(0)[None])  # a batch of one size
     mixed = collate([ds[i] for i in range(4)], fit=prep.fit_one)
-    assert mixed["image"].shape == (4, 1, 16, 16)
+    assert mixed["image"].shape == (4, 3 if rgb else 1, 16, 16)
     torch.testing.assert_close(prep(mixed["image"])[0], alone[0], rtol=0, atol=1e-6)
     same = collate([ds[0], ds[2]], fit=prep.fit_one)  # one size: stacked as stored, uint8
     assert same["image"].dtype == torch.uint8 and torch.equal(prep(same["image"])[0], alone[0])

@@ -32,7 +32,11 @@ def _add_run_flags(p: argparse.ArgumentParser, *, heads: list[str]) -> None:
     p.add_argument("--head", choices=heads)
     p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
-    p.add_argument("--resize-mode", help="resize (interpolate) or pad (zero-pad, MedMNIST+)")
+    p.add_argument(
+        "--resize-mode",
+        help="resize (interpolate), pad (centre on a black canvas) or pad_mean (on the normalisation "
+        "mean, as the MedMNIST+ reference code)",
+    )
     p.add_argument("--interpolation", help="nearest, bilinear or bicubic")
     p.add_argument(
         "--channel-mode", help="gray images: sum, mean, first (fold into the first conv) or repeat"

@@ -13,6 +13,7 @@ import yaml
 from ._validate import choice
 from ._yaml import load as load_yaml_text
 from .backbones.base import CHANNEL_MODES
+from .data.transforms import INTERPOLATIONS, RESIZE_MODES
 from .errors import ConfigError
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
 ]
 
 HEAD_NAMES = ("linear", "attention", "knn")
-RESIZE_MODES = ("resize", "pad")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 #: How a saved teacher meets the student's seeds: every model found as one ensemble, or the models of the
 #: student's seed.
 TEACHER_PAIRINGS = ("ensemble", "seed")
@@ -46,8 +45,9 @@ class RunConfig:
     """What every run shares: the data, the backbone, how images reach it, seeds and where results go.
 
     ``size`` picks the dataset's stored resolution (MedMNIST 28/64/128/224); ``img_size`` is what the
-    backbone sees (default: ``size``), reached by ``resize_mode`` ``resize`` (interpolation) or ``pad``
-    (centered zero padding, the MedMNIST+ protocol).
+    backbone sees (default: ``size``), reached by ``resize_mode`` ``resize`` (interpolation), ``pad``
+    (centred on a black canvas) or ``pad_mean`` (on a canvas of the normalisation mean, as the MedMNIST+
+    reference code).
     """
 
     dataset: str

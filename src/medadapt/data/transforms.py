@@ -23,10 +23,22 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["RESIZE_MODES", "INTERPOLATIONS", "Preprocess", "collate", "make_loader", "pad_center", "resize"]
+__all__ = [
+    "RESIZE_MODES",
+    "PAD_MODES",
+    "INTERPOLATIONS",
+    "Preprocess",
+    "collate",
+    "make_loader",
+    "pad_center",
+    "resize",
+]
 
-#: ``resize`` scales the image to the target; ``pad`` centres the raw image on a zero canvas (MedMNIST+).
-RESIZE_MODES = ("resize", "pad")
+#: ``resize`` scales the image to the target; ``pad`` centres the raw image on a black (zero) canvas;
+#: ``pad_mean`` on a canvas of the normalisation mean, which is zero after normalising (the MedMNIST+
+#: reference code pads the normalised tensor).
+RESIZE_MODES = ("resize", "pad", "pad_mean")
+PAD_MODES = ("pad", "pad_mean")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 #: Our names -> ``torch.nn.functional.interpolate`` modes ("nearest-exact" matches PIL and skimage).
 _TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
@@ -49,8 +61,13 @@ def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str = "bi
     return F.interpolate(images, size=size, mode=mode, align_corners=False, antialias=True)
 
 
-def pad_center(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad ``[B, C, h, w]`` images to ``size`` with the original centred (extra pixel bottom/right)."""
+def pad_center(
+    images: torch.Tensor, size: tuple[int, int], fill: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Pad ``[B, C, h, w]`` images to ``size`` with the original centred (extra pixel bottom/right).
+
+    The canvas is zero, or ``fill``: one value per channel (or one for all).
+    """
     h, w = images.shape[-2:]
     if h > size[0] or w > size[1]:
         raise ConfigError(
@@ -58,7 +75,18 @@ def pad_center(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             "images; use --resize-mode resize or a larger input size"
         )
     top, left = (size[0] - h) // 2, (size[1] - w) // 2
-    return F.pad(images, (left, size[1] - w - left, top, size[0] - h - top))
+    if fill is None:
+        return F.pad(images, (left, size[1] - w - left, top, size[0] - h - top))
+    if len(fill) not in (1, images.shape[1]):
+        raise ConfigError(
+            f"the pad canvas has {len(fill)} channel values {tuple(fill)} but the images have "
+            f"{images.shape[1]} channel(s); check the channel adaptation of the backbone (--channel-mode)"
+        )
+    # F.pad fills with one scalar; a per-channel colour needs the canvas built first
+    value = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    canvas = value.expand(images.shape[0], images.shape[1], *size).clone()
+    canvas[..., top : top + h, left : left + w] = images
+    return canvas
 
 
 @dataclass(frozen=True)
@@ -67,7 +95,9 @@ class Preprocess:
 
     Args:
         size: target ``(H, W)`` (an int means square).
-        mode: ``"resize"`` or ``"pad"`` (centred zero padding of the raw image; ``--resize-mode``).
+        mode: ``"resize"``, ``"pad"`` (the raw image centred on a black canvas) or ``"pad_mean"`` (on a
+            canvas of ``mean``, zero after normalising; a gray image meant for three channels is copied to
+            them first, so each channel gets its own mean), ``--resize-mode``.
         interpolation: ``"nearest"``, ``"bilinear"`` or ``"bicubic"`` (``--interpolation``); bilinear and
             bicubic are antialiased, bicubic output is clamped to [0, 1].
         mean, std: per-channel statistics of the tensor the model takes, one value per channel ``C'``
@@ -99,6 +129,11 @@ class Preprocess:
         if (self.mean is None) != (self.std is None):
             raise ConfigError(f"give both mean and std or neither (got mean={self.mean}, std={self.std})")
         if self.mean is None:
+            if self.mode == "pad_mean":
+                raise ConfigError(
+                    "--resize-mode pad_mean pads with the normalisation mean, but this preprocessing has no "
+                    "mean/std; use --resize-mode pad (a black canvas)"
+                )
             return
         set_("mean", tuple(float(m) for m in self.mean))
         set_("std", tuple(float(s) for s in self.std))
@@ -132,6 +167,10 @@ class Preprocess:
     def _fit(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "pad":
             return pad_center(x, self.size)
+        if self.mode == "pad_mean":
+            if self.repeat_channels and x.shape[1] == 1 and len(self.mean) == 3:
+                x = x.expand(-1, 3, -1, -1)
+            return pad_center(x, self.size, self.mean)
         x = resize(x, self.size, self.interpolation)
         return x.clamp_(0.0, 1.0) if self.interpolation == "bicubic" else x
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._optional import require
+from ..data.transforms import PAD_MODES
 from ..errors import ConfigError
 
 __all__ = ["gradcam_maps", "default_target_layer"]
@@ -130,7 +131,7 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
 def _to_image_size(cams: np.ndarray, hw: tuple[int, int], mode: str) -> np.ndarray:
     """CAMs at the model's input size -> the raw images' size, each rescaled to [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(cams, dtype=np.float32))[:, None]
-    if mode == "pad":  # the image sits centred on a zero canvas (Preprocess pad mode): cut it back out
+    if mode in PAD_MODES:  # the image sits centred on a canvas (Preprocess pad modes): cut it back out
         top, left = (t.shape[-2] - hw[0]) // 2, (t.shape[-1] - hw[1]) // 2
         t = t[..., top : top + hw[0], left : left + hw[1]]
     else:
@@ -163,7 +164,7 @@ def gradcam_maps(
             were.
         images: raw ``[N, C, H, W]`` images as datasets return them (uint8, C = 1 or 3).
         preprocess: turns a batch of raw images into model input (a
-            :class:`~medadapt.data.transforms.Preprocess`); its ``mode="pad"`` is undone by cropping.
+            :class:`~medadapt.data.transforms.Preprocess`); its pad modes are undone by cropping.
         targets: the class explained per image; default the predicted class.
         target_layer: default :func:`default_target_layer`.
         reshape_transform: layer output -> ``[B, D, h, w]``; the default drops prefix tokens of ``[B, N, D]``
