@@ -137,15 +137,18 @@ def test_weights_equal_the_saved_ones(family) -> None:
     assert bb.spec.mean == tuple(MEAN) and bb.spec.std == tuple(STD)
 
 
-def test_single_channel_sum_matches_gray_repeated_to_rgb(family) -> None:
+@pytest.mark.parametrize("norm", ["", "?mean=0.5&std=0.25"])
+def test_single_channel_sum_matches_gray_repeated_to_rgb(family, norm: str) -> None:
+    """The fold uses the preprocessor's statistics, or the address's ``mean`` / ``std`` in their place."""
     name, _, folder = family
-    rgb = create_backbone(FAMILIES[name][2], weights=str(folder), img_size=(16, 20))
-    gray = create_backbone(
-        FAMILIES[name][2], weights=str(folder), img_size=(16, 20), data_chans=1, channel_mode="sum"
-    )
+    address = FAMILIES[name][2] + norm
+    rgb = create_backbone(address, weights=str(folder), img_size=(16, 20))
+    gray = create_backbone(address, weights=str(folder), img_size=(16, 20), data_chans=1, channel_mode="sum")
+    mean, std = ((0.5,) * 3, (0.25,) * 3) if norm else (tuple(MEAN), tuple(STD))
+    assert rgb.spec.mean == mean and rgb.spec.std == std and gray.spec.address == rgb.spec.address
     assert gray.spec.in_chans == 1 and gray.spec.mean == (0.0,) and gray.spec.std == (1.0,)
     g = torch.rand(2, 1, 16, 20)
-    x = (g.repeat(1, 3, 1, 1) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    x = (g.repeat(1, 3, 1, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
         a, b = rgb.forward_features(x), gray.forward_features(g)
     torch.testing.assert_close(b.embedding, a.embedding, atol=1e-4, rtol=0)

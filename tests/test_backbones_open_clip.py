@@ -216,14 +216,19 @@ def test_checkpoint_position_embedding_of_another_size_is_fitted(tmp_path: Path)
     assert bb.model.positional_embedding.shape == (17, 32)
 
 
-def test_single_channel_sum_matches_gray_repeated_to_rgb(saved) -> None:
+@pytest.mark.parametrize("norm", ["", "?mean=0.5&std=0.25"])
+def test_single_channel_sum_matches_gray_repeated_to_rgb(saved, norm: str) -> None:
+    """The fold uses the model's statistics, or the address's ``mean`` / ``std`` in their place."""
     name, _, path = saved
     size = (16, 24)
-    rgb = create_backbone(f"open_clip:{name}", weights=str(path), img_size=size)
+    rgb = create_backbone(f"open_clip:{name}{norm}", weights=str(path), img_size=size)
     gray = create_backbone(
-        f"open_clip:{name}", weights=str(path), img_size=size, data_chans=1, channel_mode="sum"
+        f"open_clip:{name}{norm}", weights=str(path), img_size=size, data_chans=1, channel_mode="sum"
     )
     assert gray.spec.in_chans == 1 and gray.spec.mean == (0.0,)
+    assert (
+        (rgb.spec.mean == (0.5,) * 3 and rgb.spec.std == (0.25,) * 3) if norm else rgb.spec.mean != (0.5,) * 3
+    )
     mean, std = torch.tensor(rgb.spec.mean).view(1, 3, 1, 1), torch.tensor(rgb.spec.std).view(1, 3, 1, 1)
     g = torch.rand(2, 1, *size)
     with torch.no_grad():

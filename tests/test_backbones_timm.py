@@ -76,6 +76,35 @@ def test_sum_mode_equals_gray_copied_to_rgb(family):
     torch.testing.assert_close(gray(g), ref, atol=1e-4, rtol=1e-4)
 
 
+def test_address_mean_and_std_replace_the_models_normalisation():
+    """``?mean=0.5&std=0.25`` (one value for every channel) is what the model expects, folded in for gray."""
+    address, hw = TINY["dinov2"] + "&mean=0.5&std=0.25", (28, 42)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        rgb = create_backbone(address, pretrained=False, img_size=hw)
+        torch.manual_seed(0)
+        gray = create_backbone(address, pretrained=False, img_size=hw, data_chans=1, channel_mode="sum")
+    assert rgb.spec.mean == (0.5,) * 3 and rgb.spec.std == (0.25,) * 3
+    assert {"mean=0.5", "std=0.25"} <= set(rgb.spec.address.split("?")[1].split("&"))  # recorded
+    h, w = hw
+    g = torch.rand(3, 1, h, w)
+    ref = rgb(_gray_to_rgb_normalised(g, (0.5,) * 3, (0.25,) * 3))
+    torch.testing.assert_close(gray(g), ref, atol=1e-4, rtol=1e-4)
+    per_channel = create_backbone("timm:resnet18?mean=0.1,0.2,0.3", pretrained=False, img_size=32)
+    assert per_channel.spec.mean == (0.1, 0.2, 0.3) and per_channel.spec.std == (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [("mean=0.1,0.2", "mean=0.1,0.2 .* has 2 values, but the model takes 3 channels"),
+     ("std=0", "std=0 .* not valid; give one or one per channel positive numbers"),
+     ("mean=gray", "mean=gray .* not valid.*e.g. mean=0.5")],
+)  # fmt: skip
+def test_bad_address_normalisation_is_a_config_error(query: str, match: str):
+    with pytest.raises(ConfigError, match=match):
+        create_backbone(f"timm:resnet18?{query}", pretrained=False, img_size=32)
+
+
 def test_first_and_mean_modes_use_the_intended_filters():
     rgb, _ = _make("dinov2", data_chans=3)
     w = rgb.model.patch_embed.proj.weight

@@ -6,6 +6,8 @@ import fnmatch
 import functools
 import importlib
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -62,21 +64,66 @@ for _name, _module in {"timm": "_timm", "hf": "_hf", "open_clip": "_open_clip"}.
     SOURCES.register(_name, _lazy_source(_module))
 
 
+#: Address options of every source, not passed to the model constructor: the per-channel normalisation the
+#: model expects, replacing the source's (``mean=0.5&std=0.5`` as the official MedMNIST v2 code).
+NORM_OPTIONS = ("mean", "std")
+
+
 @dataclass(frozen=True)
 class BackboneAddress:
-    """``source:name[?key=value&...]``; query keys are passed to the model constructor (tiny test models)."""
+    """``source:name[?key=value&...]``; query keys are passed to the model constructor (tiny test models),
+    except ``mean`` and ``std`` (:meth:`stats`)."""
 
     source: str
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @classmethod
     def parse(cls, text: str) -> BackboneAddress:
         example = "timm:vit_small_patch14_dinov2.lvd142m, hf:microsoft/rad-dino or a name from `medadapt list backbones`"
-        return cls(*split_address(resolve_alias(text), SOURCES, what="backbone", example=example))
+        source, name, options = split_address(resolve_alias(text), SOURCES, what="backbone", example=example)
+        norm = {k: _channel_values(options.pop(k), k, text) for k in NORM_OPTIONS if k in options}
+        return cls(source, name, options, **norm)
 
     def __str__(self) -> str:
-        return format_address(self.source, self.name, self.kwargs)
+        norm = {k: v[0] if len(v) == 1 else list(v) for k in NORM_OPTIONS if (v := getattr(self, k))}
+        return format_address(self.source, self.name, {**self.kwargs, **norm})
+
+    def stats(
+        self, mean: Sequence[float], std: Sequence[float]
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The normalisation the model expects: the address's ``mean`` / ``std`` where given (one value
+        stands for every channel), else the source's own ``mean`` / ``std``."""
+        return self._pick("mean", mean), self._pick("std", std)
+
+    def _pick(self, key: str, default: Sequence[float]) -> tuple[float, ...]:
+        own, n = getattr(self, key), len(default)
+        if own is None:
+            return tuple(float(v) for v in default)
+        if len(own) not in (1, n):
+            raise ConfigError(
+                f"{key}={','.join(f'{v:g}' for v in own)} in backbone address {self} has {len(own)} values, "
+                f"but the model takes {n} channels; give one value or {n}"
+            )
+        return own * n if len(own) == 1 else own
+
+
+def _channel_values(value: Any, key: str, text: str) -> tuple[float, ...]:
+    """``0.5``, ``[0.5, 0.4]`` or ``"0.5,0.4"`` -> a tuple of finite floats (positive for ``std``)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    try:
+        values = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values) or (key == "std" and min(values) <= 0):
+        kind = "positive numbers" if key == "std" else "numbers"
+        raise ConfigError(
+            f"{key}={value} in backbone address {text!r} is not valid; give one or one per channel "
+            f"{kind}, e.g. {key}=0.5 or {key}=0.485,0.456,0.406"
+        )
+    return values
 
 
 def catalog() -> list[dict[str, Any]]:

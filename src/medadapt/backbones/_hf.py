@@ -359,7 +359,7 @@ def create(
     model = model.float().eval()
     config = model.config
     pre = _preprocessor(pre_source, revision)
-    mean, std = _image_stats(pre, config.model_type, str(pre_source))
+    mean, std = address.stats(*_image_stats(pre, config.model_type, str(pre_source)))
     in_chans, mean, std, mode = adapt_channels(
         model, data_chans=data_chans, channel_mode=channel_mode, mean=mean, std=std
     )

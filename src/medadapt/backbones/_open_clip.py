@@ -422,8 +422,9 @@ def create(
     tower = _build_tower(src, address.kwargs)
     if src.checkpoint is not None:
         _load_weights(tower, src.checkpoint)
+    mean, std = address.stats(src.mean, src.std)
     in_chans, mean, std, mode = adapt_channels(
-        tower, data_chans=data_chans, channel_mode=channel_mode, mean=src.mean, std=src.std
+        tower, data_chans=data_chans, channel_mode=channel_mode, mean=mean, std=std
     )
     spec_kwargs = dict(
         address=str(address),

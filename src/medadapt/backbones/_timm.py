@@ -189,8 +189,9 @@ def create(
     if init:
         _torch_default_init(model, address.name)
     cfg = model.pretrained_cfg
+    mean, std = address.stats(cfg["mean"], cfg["std"])
     in_chans, mean, std, mode = adapt_channels(
-        model, data_chans=data_chans, channel_mode=channel_mode, mean=cfg["mean"], std=cfg["std"]
+        model, data_chans=data_chans, channel_mode=channel_mode, mean=mean, std=std
     )
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     patch = int(patch[0]) if isinstance(patch, (tuple, list)) else patch
