@@ -186,6 +186,17 @@ def test_offline_pretrained_says_which_file_and_where():
     )
 
 
+@pytest.mark.parametrize("offline", [True, False])
+def test_hub_message_names_the_offline_switch_when_it_is_off(monkeypatch, offline: bool):
+    """Without HF_HUB_OFFLINE, huggingface_hub retries an unreachable hub for about a minute first."""
+    import huggingface_hub.constants
+
+    from medadapt.backbones._weights import hub_hint
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    assert ("HF_HUB_OFFLINE=1 skips" in hub_hint("timm:x", "timm/x", "model.safetensors")) is not offline
+
+
 def test_weights_file_for_a_cnn_loads_strictly(tmp_path):
     """timm drops the classifier and then loads non-strictly: a file missing a block, or prefixed, was accepted."""
     from safetensors.torch import save_file

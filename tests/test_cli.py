@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,6 +153,19 @@ def test_list_and_help(capsys):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([cmd, "--help"])
         assert e.value.code == 0
+
+
+def test_library_warnings_print_once():
+    """huggingface_hub has a handler of its own; the CLI's logging must not print its messages again."""
+    code = (
+        "import logging, huggingface_hub.file_download\n"
+        "from medadapt.cli import main\n"
+        "main(['list', 'presets', 'cxr_fm'])\n"
+        "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("Retrying in 1s") == 1, done.stderr
 
 
 def test_python_api_mirrors_the_cli(env):

@@ -389,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # huggingface_hub prints through a handler of its own and propagates too: each of its messages (e.g. a
+    # minute of "Retrying" lines offline) would print twice
+    logging.getLogger("huggingface_hub").propagate = False
     try:
         return int(args.func(args) or 0)
     except MedadaptError as e:

@@ -44,13 +44,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def hub_hint(what: str, repo: str, files: str) -> str:
     """The common tail of a 'pretrained weights could not be fetched' message."""
-    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
 
+    # without HF_HUB_OFFLINE, an unreachable hub costs about a minute of huggingface_hub's retries first
+    offline = (
+        "" if HF_HUB_OFFLINE else "; on a machine without internet, HF_HUB_OFFLINE=1 skips the hub's retries"
+    )
     return (
         f"could not fetch pretrained weights for {what} (Hugging Face repo {repo!r}, files {files}). "
         f"Either download them on a machine with internet (`huggingface-cli download {repo}`) into the HF "
         f"cache {HF_HUB_CACHE} (or set HF_HOME), or pass --weights PATH to a local copy, or --no-pretrained for "
-        "a random init (recorded in the results)"
+        "a random init (recorded in the results)" + offline
     )
 
 
