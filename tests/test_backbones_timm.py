@@ -98,7 +98,8 @@ def test_address_mean_and_std_replace_the_models_normalisation():
     ("query", "match"),
     [("mean=0.1,0.2", "mean=0.1,0.2 .* has 2 values, but the model takes 3 channels"),
      ("std=0", "std=0 .* not valid; give one or one per channel positive numbers"),
-     ("mean=gray", "mean=gray .* not valid.*e.g. mean=0.5")],
+     ("mean=gray", "mean=gray .* not valid.*e.g. mean=0.5"),
+     ("std=yes", "std=True .* not valid")],
 )  # fmt: skip
 def test_bad_address_normalisation_is_a_config_error(query: str, match: str):
     with pytest.raises(ConfigError, match=match):

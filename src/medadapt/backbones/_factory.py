@@ -114,7 +114,7 @@ def _channel_values(value: Any, key: str, text: str) -> tuple[float, ...]:
     """``0.5``, ``[0.5, 0.4]`` or ``"0.5,0.4"`` -> a tuple of finite floats (positive for ``std``)."""
     items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
     try:
-        values = tuple(float(v) for v in items)
+        values = tuple(float(v) for v in items if not isinstance(v, bool))  # YAML reads yes/no as bools
     except (TypeError, ValueError):
         values = ()
     if not values or not all(math.isfinite(v) for v in values) or (key == "std" and min(values) <= 0):
