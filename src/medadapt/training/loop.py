@@ -158,10 +158,11 @@ def fit(
     saved = load_checkpoint(ckpt, config_hash=run_hash) if ckpt is not None and ckpt.exists() else None
     if saved is not None:  # strategies that rebuild their groups in configure need their state first
         strategy.load_state_dict(saved["strategy"])
+    _place(model, device)  # configure's forward pass (which parameters reach the output) runs on the device
     with seeded(_seed(cfg.seed, 0, _MODEL_RNG), device):  # adapters drawn at configure (LoRA) are seeded too
         groups = strategy.configure(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     optimizer = build_optimizer(cfg, groups)
-    _place(model, device)
+    _place(model, device)  # and the adapters configure added
     train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg, preprocess, objective)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
     weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
