@@ -108,6 +108,19 @@ def test_pad_mean_needs_normalisation_and_matching_channels():
         prep(images())
 
 
+def test_pad_mean_refuses_a_folded_gray_model():
+    """After a sum / mean / first fold the model takes raw gray values: no mean colour is left to pad with."""
+    from medadapt.backbones import create_backbone
+
+    folded = create_backbone("timm:resnet18", pretrained=False, img_size=32, data_chans=1).spec
+    with pytest.raises(ConfigError, match="--channel-mode sum folded.*--channel-mode repeat"):
+        Preprocess.for_backbone(folded, 32, mode="pad_mean")
+    repeated = create_backbone(
+        "timm:resnet18", pretrained=False, img_size=32, data_chans=1, channel_mode="repeat"
+    )
+    assert Preprocess.for_backbone(repeated.spec, 32, mode="pad_mean").mean == IMAGENET_MEAN
+
+
 def test_pad_refuses_larger_images():
     with pytest.raises(ConfigError, match="--resize-mode"):
         Preprocess(size=16, mode="pad")(images())

@@ -149,6 +149,12 @@ class Preprocess:
         ``kwargs`` are the other fields (``mode``, ``interpolation``). Deriving it here keeps the statistics
         and the gray-to-RGB copy from being restated by hand wherever a model is run.
         """
+        if kwargs.get("mode") == "pad_mean" and spec.channel_mode in ("sum", "mean", "first"):
+            raise ConfigError(
+                f"--resize-mode pad_mean pads with the model's mean colour, but --channel-mode "
+                f"{spec.channel_mode} folded the normalisation into the first layer, so there is no colour to "
+                "pad with (gray images would get a black canvas); use --channel-mode repeat, or --resize-mode pad"
+            )
         return cls(size=size, mean=spec.mean, std=spec.std, repeat_channels=spec.channel_mode == "repeat",
                    **kwargs)  # fmt: skip
 
