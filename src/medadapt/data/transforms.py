@@ -74,6 +74,8 @@ def pad_center(
             f"--resize-mode pad cannot fit {h}x{w} images into {size[0]}x{size[1]}: padding only grows "
             "images; use --resize-mode resize or a larger input size"
         )
+    if (h, w) == tuple(size):  # already fitted (e.g. by collate for a batch of mixed sizes)
+        return images
     top, left = (size[0] - h) // 2, (size[1] - w) // 2
     if fill is None:
         return F.pad(images, (left, size[1] - w - left, top, size[0] - h - top))
