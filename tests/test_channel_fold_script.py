@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "channel_fold_cosine.py"
 VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("channel_fold_cosine", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("channel_fold_cosine")
 
 
 def test_patch_embeddings_fold_exactly_and_padded_cnn_stems_do_not(script):

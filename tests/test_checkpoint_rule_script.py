@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from script_loader import load_script
 from synthetic import write_fake_medmnist
 
 from medadapt.cli import main as medadapt
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "checkpoint_rule.py"
 VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("checkpoint_rule", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("checkpoint_rule")
 
 
 def _finetune(data: Path, out: Path, select_on: str) -> pd.DataFrame:

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from script_loader import load_script
 
 from medadapt.reporting import results_rows, write_results
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune_table.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("finetune_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ft = _load_script()
+ft = load_script("finetune_table")
 
 # per arm: test AUC, test ACC, val AUC per seed, trainable params, selected epoch per seed
 ARMS = {
