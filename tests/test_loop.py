@@ -404,6 +404,17 @@ def test_resume_a_finished_run_does_not_train(tmp_path, monkeypatch):
     assert res.history == ref.history and states_equal(res.state, ref.state) and res.resumed_from == 2
 
 
+def test_resumed_run_reports_the_peak_memory_of_its_earlier_sessions(tmp_path, monkeypatch):
+    """The peak is carried through the checkpoint: asking a finished run again does not report the peak of
+    a process that only loaded it."""
+    monkeypatch.setattr(loop, "_peak_memory", lambda device: 5e9)
+    assert run(out_dir=tmp_path, epochs=2, n=32).cost["peak_memory_bytes"] == 5e9
+    monkeypatch.setattr(loop, "_peak_memory", lambda device: 1e9)
+    assert run(out_dir=tmp_path, resume=True, epochs=2, n=32).cost["peak_memory_bytes"] == 5e9
+    monkeypatch.setattr(loop, "_peak_memory", lambda device: 7e9)  # a later session that peaks higher
+    assert run(out_dir=tmp_path, resume=True, epochs=2, n=32).cost["peak_memory_bytes"] == 7e9
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(Killed):
         run(out_dir=tmp_path, progress=kill_after(1), epochs=2, n=32)

@@ -85,8 +85,9 @@ class FitResult:
     ``val_loss``); ``cost`` has ``total_params``, ``trainable_params`` (the most during training, e.g.
     after the last unfreezing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on a GPU, else
     the process's peak resident memory during this fit on Linux, including what the process already held
-    (data, models), and the process's all-time peak elsewhere), ``wall_seconds`` and ``train_seconds``
-    (summed over resumed sessions), ``train_images_per_second`` and ``epochs``.
+    (data, models), and the process's all-time peak elsewhere; a resumed run reports the largest peak of
+    its sessions that the checkpoints saw), ``wall_seconds`` and ``train_seconds`` (summed over resumed
+    sessions), ``train_images_per_second`` and ``epochs``.
     """
 
     model: nn.Module
@@ -195,6 +196,7 @@ def fit(
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, record)
         last = epoch == cfg.epochs or should_stop(run.history, cfg.early_stop, cfg.patience)
         if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or last):
+            run.clock["peak_memory"] = _run_peak(run, device)
             save_checkpoint(ckpt, _checkpoint(run, run_hash, model, optimizer, scheduler, strategy))
         if progress is not None:
             progress(epoch, cfg.epochs, record)
@@ -618,13 +620,23 @@ def _peak_memory(device: torch.device) -> float:
     return float(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
 
 
+def _run_peak(run: _Run, device: torch.device) -> float:
+    """The run's peak over all its processes: this one's since the reset, and what the checkpoint carried.
+
+    A resumed run (or a finished one asked again) would otherwise report only the peak of its last
+    process, which may not have trained at all.
+    """
+    peaks = [p for p in (run.clock.get("peak_memory", math.nan), _peak_memory(device)) if not math.isnan(p)]
+    return max(peaks, default=math.nan)
+
+
 def _cost(model: nn.Module, run: _Run, device: torch.device) -> dict[str, float]:
     clock = run.clock
     trainable = max((r["trainable_params"] for r in run.history), default=count_trainable(model))
     return {
         "total_params": sum(p.numel() for p in model.parameters()),
         "trainable_params": trainable,
-        "peak_memory_bytes": _peak_memory(device),
+        "peak_memory_bytes": _run_peak(run, device),
         "wall_seconds": clock["wall"],
         "train_seconds": clock["train"],
         "train_images_per_second": clock["images"] / clock["train"] if clock["train"] > 0 else float("nan"),
