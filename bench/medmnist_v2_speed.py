@@ -197,7 +197,9 @@ def official_run(
     """The official baseline loop for ``args.epochs`` epochs; per-epoch spans of its phases.
 
     Also returns ``best``: the epoch (1-based) of the first highest val AUC and the (loss, AUC, ACC) of val
-    and test at that epoch, i.e. of the official ``best_model``. ``eval_train=False`` skips the official
+    and test at that epoch, i.e. of the official ``best_model``; and ``last``: the same for the last epoch,
+    whose weights the official script evaluated until May 2023 (``best_model = model`` kept a reference,
+    MedMNIST/experiments#8). ``eval_train=False`` skips the official
     per-epoch evaluation of the train split, which is only logged (no-grad, eval mode: it changes nothing).
     """
     data = np.load(Path(args.data_root) / f"{args.dataset}.npz")
@@ -239,7 +241,9 @@ def official_run(
         for name, span in (("train", t1 - t0), ("eval", t2 - t1), ("rest", t3 - t2)):
             phases[name].append(span)
     sizes = {s: len(ds) for s, ds in splits.items()}
-    return {"phases": phases, "val_auc": val_aucs, "once": Seconds(0.0, 0.0), "sizes": sizes, "best": best}
+    last = {"epoch": args.epochs, "val": metrics["val"], "test": metrics["test"]}
+    return {"phases": phases, "val_auc": val_aucs, "once": Seconds(0.0, 0.0), "sizes": sizes, "best": best,
+            "last": last}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- medadapt

@@ -238,6 +238,13 @@ def test_write_environment_keeps_each_invocations_environment(tmp_path: Path) ->
     assert json.loads((tmp_path / "env.json").read_text()) == got
 
 
+def test_records_go_into_a_folder_not_made_yet(tmp_path: Path) -> None:
+    """The folder lock is taken on the folder: it is made first, not left as a lock file in its place."""
+    write_environment(environment_info(seed=[0], device="cpu", repo_dir=tmp_path), tmp_path / "a" / "b")
+    write_run_config({"seeds": [0]}, tmp_path / "c")
+    assert (tmp_path / "a" / "b" / "env.json").is_file() and (tmp_path / "c" / "config.yaml").is_file()
+
+
 def test_environment_info_imports_no_heavy_packages() -> None:
     code = (
         "import sys; from medadapt.reporting import environment_info; environment_info(seed=0, device='cpu'); "

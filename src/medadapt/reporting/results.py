@@ -141,6 +141,7 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     out = Path(out)
     path = out / "config.yaml"
     new = _plain(dict(config))
+    out.mkdir(parents=True, exist_ok=True)  # before the lock, which would make a missing path a lock file
     with exclusive_lock(out):
         old = yaml.safe_load(path.read_text()) if path.exists() else None
         if isinstance(old, dict) and "backbone_address" in new and "backbone_address" not in old:
@@ -344,6 +345,7 @@ def write_environment(info: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     """
     path = Path(out) / "env.json"
     new = dict(info)
+    path.parent.mkdir(parents=True, exist_ok=True)  # as in write_config
     with exclusive_lock(out):
         old = json.loads(path.read_text()) if path.exists() else None
         if isinstance(old, dict):
