@@ -8,6 +8,7 @@ from synthetic import write_fake_medmnist
 
 from medadapt.cli import main
 from medadapt.config import FinetuneConfig, load_preset, merge_config, preset_names
+from medadapt.errors import ConfigError
 from medadapt.reporting.results import load_predictions
 
 TINY_VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2"
@@ -71,6 +72,7 @@ def test_resume_of_a_finished_run_reports_the_same_numbers(data):
         (["--strategy", "nope"], "--strategy"),
         (["--optimizer", "lamb"], "--optimizer"),
         (["--preset", "nope"], "unknown preset"),
+        (["--strategy", "lora", "--option", "target_modules=[qkv"], "not valid YAML"),
     ],
 )
 def test_bad_finetune_input_exits_2(data, capsys, flags, message):
@@ -91,6 +93,83 @@ def test_every_preset_is_a_valid_config(name):
         FinetuneConfig, load_preset(name), {"dataset": "medmnist:breastmnist", "backbone": "timm:resnet18"}
     )
     assert cfg.train  # every preset states its training recipe
+
+
+def _preset_config(preset: str, *flags: str, config: str | None = None) -> FinetuneConfig:
+    from medadapt.cli import _training_config, build_parser
+
+    extra = ["--config", config] if config else []
+    args = build_parser().parse_args(["finetune", "--dataset", "medmnist:breastmnist", "--backbone", TINY_VIT,
+                                      "--preset", preset, *extra, *flags])  # fmt: skip
+    return _training_config(FinetuneConfig, args)
+
+
+@pytest.mark.parametrize(
+    ("preset", "flags", "message"),
+    [
+        ("natural_fm_finetune", ["--head", "linear"], "--head would not reach the arms"),
+        ("medmnist_plus", ["--strategy", "lora"], "--strategy would not reach the arms"),
+        ("natural_fm_finetune", ["--strategy", "lora", "--option", "r=4"], "--strategy would not reach"),
+    ],
+)
+def test_flags_that_preset_arms_set_themselves_are_refused(preset, flags, message):
+    """Before, each arm's strategy / head silently replaced the flag's (the run trained something else)."""
+    with pytest.raises(ConfigError, match=message):
+        _preset_config(preset, *flags)
+
+
+def test_later_layers_reach_every_arm():
+    cfg = _preset_config("cxr_fm", "--head", "attention", "--epochs", "3")  # no arm sets these
+    arms = dict(cfg.arm_configs())
+    assert [(a.head, a.train["epochs"]) for a in arms.values()] == [("attention", 3), ("attention", 3)]
+    # an option the frozen arm does not take is refused now, not after the differential arm trained
+    with pytest.raises(ConfigError, match="arm 'linear-probe'.*no option"):
+        _preset_config("cxr_fm", "--option", "encoder_lr=1e-6")
+    # cxr_fm's LRs follow --lr: the differential strategy's defaults (encoder lr x 1e-3, head at lr)
+    from medadapt.strategies import create_strategy
+
+    assert arms["differential"].train["lr"] == 1e-4 and arms["differential"].strategy_options == {}
+    assert create_strategy("differential").encoder_lr_scale == 1e-3
+
+
+def test_a_later_lr_replaces_an_earlier_lr_search(tmp_path):
+    assert _preset_config("natural_fm_finetune").lrs == [1e-3, 1e-4, 1e-5]
+    cfg = _preset_config("natural_fm_finetune", "--lr", "3e-4")
+    assert cfg.lrs == [] and all(a.train["lr"] == 3e-4 and a.lrs == [] for _, a in cfg.arm_configs())
+    assert _preset_config("natural_fm_finetune", "--lrs", "1e-4").lrs == [1e-4]
+    # a config's arms with their own training settings: the flags still win
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("arms:\n  - {name: a, strategy: full, train: {epochs: 7, lr: 0.1}, lrs: [1, 2]}\n"
+                    "  - {name: b, strategy-options: {}, strategy: frozen}\n")  # fmt: skip
+    cfg = _preset_config("medmnist_plus", "--epochs", "3", "--lr", "0.5", config=str(arms))
+    got = {name: (a.strategy, a.train["epochs"], a.train["lr"], a.lrs) for name, a in cfg.arm_configs()}
+    assert got == {"a": ("full", 3, 0.5, []), "b": ("frozen", 3, 0.5, [])}
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("seeds: 3", "seeds must be a list"),
+        ("lrs: 0.001", "lrs must be a list"),
+        ("train: 5", "train must be a mapping"),
+        ("strategy_options: r", "strategy_options must be a mapping"),
+        ("1: 2", r"unknown config key\(s\) \['1'\]"),
+        ("seeds: [0, 0]", "--seeds repeats \\[0\\]"),
+        ("lrs: [0.1, 0.1]", "--lrs repeats"),
+        ("arms: [{name: a}, {name: a}]", "arms \\(names\\) repeats \\['a'\\]"),
+        ("arms: [{name: a, img_size: 64}]", "arm 'a' sets \\['img_size'\\], which every arm shares"),
+        ("arms: [{name: a, train: 5}]", "arm 'a': train must be a mapping"),
+        ("arms: [{name: a, strategy: frozen, strategy_options: {r: 8}}]", "arm 'a'.*'frozen' has no option"),
+        ("arms: [{name: a, train: {optimizer: lamb}}]", "arm 'a'.*optimizer"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(data, capsys, yaml_text, message):
+    config = data / "bad.yaml"
+    config.write_text(yaml_text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        _preset_config("medmnist_v2", config=str(config))
+    assert main(_finetune(data, "--config", str(config), "--out", str(data / "bad"))) == 2
+    assert "Traceback" not in capsys.readouterr().err and not (data / "bad").exists()
 
 
 def test_medmnist_v2_preset_is_the_official_protocol():
@@ -120,9 +199,9 @@ def test_numbers_without_a_dot_are_numbers(tmp_path):
     cfg_file.write_text("train: {lr: 1e-4, weight_decay: 5e-2}\nlrs: [1e-3, 1e-4]\n")
     args = build_parser().parse_args(["finetune", "--dataset", "medmnist:breastmnist", "--backbone", TINY_VIT,
                                       "--config", str(cfg_file), "--strategy", "differential",
-                                      "--option", "encoder_lr=1e-7", "--option", "head_lr=-2E+3"])  # fmt: skip
+                                      "--option", "encoder_lr=1e-7", "--option", "head_lr=2E+3"])  # fmt: skip
     cfg = _training_config(FinetuneConfig, args)
-    assert cfg.strategy_options == {"encoder_lr": 1e-7, "head_lr": -2000.0}
+    assert cfg.strategy_options == {"encoder_lr": 1e-7, "head_lr": 2000.0}
     assert cfg.train == {"lr": 1e-4, "weight_decay": 0.05} and cfg.lrs == [1e-3, 1e-4]
     assert split_address("timm:resnet18?drop_rate=1e-1&name=a1e", SOURCES, what="backbone", example="")[2] == {
         "drop_rate": 0.1, "name": "a1e"}  # fmt: skip

@@ -263,7 +263,7 @@ def finetune(
     cfg = replace(config, **kwargs) if config is not None else FinetuneConfig(**kwargs)
     out, device, splits, img_size = _start_run(cfg)
     frames = []
-    for name, arm in _arms(cfg):
+    for name, arm in cfg.arm_configs():
         for seed in cfg.seeds:
             run_dir = out / name / f"seed{seed}"
             rows = _finetune_one(arm, splits, name=name, seed=seed, img_size=img_size, device=device,
@@ -271,18 +271,6 @@ def finetune(
             write_results(rows, out / "results.csv", replace=("run", "seed"))  # a resumed run: no repeats
             frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)
-
-
-def _arms(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
-    """``(name, config)`` per arm; without ``arms`` the run itself is the one arm."""
-    if not cfg.arms:
-        return [(f"{cfg.strategy}-{cfg.head}", cfg)]
-    arms = []
-    for arm in cfg.arms:
-        overrides = {k: v for k, v in arm.items() if k != "name"}
-        overrides["train"] = {**cfg.train, **overrides.get("train", {})}
-        arms.append((str(arm["name"]), replace(cfg, **overrides, arms=[])))
-    return arms
 
 
 def _finetune_one(

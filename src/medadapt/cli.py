@@ -227,6 +227,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _key_values(items: list[str]) -> dict[str, Any]:
+    import yaml
+
     from ._yaml import load as load_yaml_text
 
     out = {}
@@ -234,7 +236,10 @@ def _key_values(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--option {item!r} is not KEY=VALUE (e.g. --option r=8)")
-        out[key] = load_yaml_text(value)
+        try:
+            out[key] = load_yaml_text(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--option {item!r}: the value is not valid YAML ({e})") from e
     return out
 
 

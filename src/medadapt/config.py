@@ -1,4 +1,9 @@
-"""Typed run configuration: defaults < YAML (``--config run.yaml``) < CLI flags."""
+"""Typed run configuration: defaults < preset < YAML (``--config run.yaml``) < CLI flags.
+
+A preset's (or config's) ``arms`` are variants of the run: a later layer's training settings reach every
+arm, and a later ``--lr`` replaces an earlier LR search (``lrs``); a later ``--strategy`` / ``--head`` /
+``--option`` that arms set themselves is refused rather than silently lost.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ __all__ = [
 ]
 
 HEAD_NAMES = ("linear", "attention", "knn")
+#: What an entry of ``arms`` may set; everything else (data, backbone, image size, seeds) the arms share.
+ARM_KEYS = ("name", "strategy", "head", "strategy_options", "head_kwargs", "train", "lrs")
+#: Arm keys that a later layer (``--config``, flags) may not change under arms that set them: the arm's name
+#: says what it is, so a silent override would mislabel its results (the flag in the message).
+_ARM_IDENTITY = {"strategy": "--strategy", "head": "--head", "strategy_options": "--option",
+                 "head_kwargs": "head_kwargs"}  # fmt: skip
 #: How a saved teacher meets the student's seeds: every model found as one ensemble, or the models of the
 #: student's seed.
 TEACHER_PAIRINGS = ("ensemble", "seed")
@@ -38,6 +49,26 @@ def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def _kinds(cfg: Any, *, lists: tuple[str, ...] = (), dicts: tuple[str, ...] = ()) -> None:
+    """A YAML scalar where a list or mapping belongs (``seeds: 3``) is an error here, not a crash later."""
+    for name, kind, example in [(n, list, "[0, 1, 2]") for n in lists] + [
+        (n, dict, "{key: value}") for n in dicts
+    ]:
+        value = getattr(cfg, name)
+        if not isinstance(value, kind):
+            raise ConfigError(
+                f"{name} must be a {kind.__name__} (e.g. {name}: {example} in YAML), got {value!r}"
+            )
+
+
+def _unique(values: list, flag: str) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if repeated:
+        raise ConfigError(
+            f"{flag} repeats {repeated}: each would train twice into one folder; give each once"
+        )
 
 
 @dataclass
@@ -75,8 +106,10 @@ class RunConfig:
         choice(self.channel_mode, CHANNEL_MODES, "--channel-mode")
         _positive(self.size, "--size", allow_none=True)
         _positive(self.img_size, "--img-size", allow_none=True)
-        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+        _kinds(self, lists=("seeds",), dicts=("head_kwargs",))
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ConfigError(f"--seeds must be one or more integers, got {self.seeds!r}")
+        _unique(self.seeds, "--seeds")
         if self.weights is not None and not Path(self.weights).expanduser().exists():
             raise ConfigError(
                 f"--weights {self.weights!r} does not exist; give the path of a local weights file"
@@ -102,6 +135,7 @@ class ProbeConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         choice(self.head, HEAD_NAMES, "--head")
+        _kinds(self, lists=("lrs", "ks"))
         for name in ("epochs", "batch_size", "extract_batch_size"):
             _positive(getattr(self, name), f"--{name.replace('_', '-')}")
         if not self.lrs or not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
@@ -134,6 +168,7 @@ class FinetuneConfig(RunConfig):
         from .strategies import STRATEGIES
         from .training.loop import TrainConfig
 
+        _kinds(self, lists=("lrs", "arms"), dicts=("train", "strategy_options"))
         choice(self.strategy, tuple(STRATEGIES), "--strategy")
         unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
         if unknown:
@@ -141,11 +176,49 @@ class FinetuneConfig(RunConfig):
                 f"unknown training setting(s) {unknown}; valid: {sorted(f.name for f in fields(TrainConfig))}"
             )
         TrainConfig(**self.train)  # validate now, before any work
-        if not all(isinstance(x, (int, float)) and x > 0 for x in self.lrs):
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in self.lrs):
             raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
+        _unique(self.lrs, "--lrs")
+        self.arms = [_arm(a) for a in self.arms]
+        _unique([a["name"] for a in self.arms], "arms (names)")
+        if not self.arms:
+            from .strategies import create_strategy
+
+            create_strategy(self.strategy, **self.strategy_options)  # its options checked before any work
+        self.arm_configs()  # and every arm's, likewise
+
+    def arm_configs(self) -> list[tuple[str, FinetuneConfig]]:
+        """``(name, config)`` per arm (its keys over the run's; ``train`` merged); without ``arms`` the run
+        itself is the one arm, named ``STRATEGY-HEAD``."""
+        if not self.arms:
+            return [(f"{self.strategy}-{self.head}", self)]
+        arms = []
         for arm in self.arms:
-            if not isinstance(arm, dict) or "name" not in arm:
-                raise ConfigError(f"every entry of arms needs a name, got {arm!r}")
+            name, keys = str(arm["name"]), {k: v for k, v in arm.items() if k != "name"}
+            keys["train"] = {**self.train, **keys.get("train", {})}
+            try:
+                arms.append((name, dataclasses.replace(self, **keys, arms=[])))
+            except ConfigError as e:
+                raise ConfigError(f"arm {name!r}: {e}") from e
+        return arms
+
+
+def _arm(arm: Any) -> dict[str, Any]:
+    """An entry of ``arms`` with its keys checked (dashes read as underscores, as in YAML configs)."""
+    if not isinstance(arm, dict) or "name" not in arm:
+        raise ConfigError(f"every entry of arms needs a name, got {arm!r}")
+    arm = {str(k).replace("-", "_"): v for k, v in arm.items()}
+    unknown = sorted(set(arm) - set(ARM_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"arm {arm['name']!r} sets {unknown}, which every arm shares with the run (data, backbone, image "
+            f"size, seeds, output); an arm may set {list(ARM_KEYS)}"
+        )
+    if not isinstance(arm.get("train", {}), dict):
+        raise ConfigError(
+            f"arm {arm['name']!r}: train must be a mapping of training settings, got {arm['train']!r}"
+        )
+    return arm
 
 
 @dataclass
@@ -179,22 +252,24 @@ class DistillConfig(FinetuneConfig):
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         from .distill.loss import check_alpha_temperature
 
+        if self.arms:
+            with_arms = [n for n in preset_names() if load_preset(n).get("arms")]
+            names = [a.get("name") if isinstance(a, dict) else a for a in self.arms]
+            raise ConfigError(
+                f"distill trains one student recipe, but the configuration has arms {names} (as the presets "
+                f"{with_arms} do, for finetune); use a preset without arms (medmnist_v2) or give --strategy "
+                "and the training flags"
+            )
+        super().__post_init__()
+        _kinds(self, lists=("alphas", "temperatures"))
         if isinstance(self.teacher, str):
             self.teacher = [self.teacher]
         if not self.teacher:
             raise ConfigError(
                 "--teacher is required: a probe / finetune run directory, or a backbone address whose linear "
                 "probe is trained first (e.g. --teacher timm:vit_base_patch14_dinov2.lvd142m)"
-            )
-        if self.arms:
-            with_arms = [n for n in preset_names() if load_preset(n).get("arms")]
-            raise ConfigError(
-                f"distill trains one student recipe, but the configuration has arms "
-                f"{[a.get('name') for a in self.arms]} (as the presets {with_arms} do, for finetune); use a "
-                "preset without arms (medmnist_v2) or give --strategy and the training flags"
             )
         choice(self.teacher_channel_mode, CHANNEL_MODES, "--teacher-channel-mode")
         choice(self.teacher_pairing, TEACHER_PAIRINGS, "--teacher-pairing")
@@ -226,17 +301,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"--config {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}"
         )
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def merge_config(cls: type, *layers: dict[str, Any]):
     """Build ``cls`` from dicts applied in order (later wins; ``None`` values in a layer are ignored)."""
     valid = {f.name for f in fields(cls)}
+    mappings = {f.name for f in fields(cls) if f.default_factory is dict}
     merged: dict[str, Any] = {}
     for layer in layers:
         unknown = sorted(set(layer) - valid)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+        for k in mappings & set(layer):  # checked here: a later layer's mapping would hide the bad value
+            if layer[k] is not None and not isinstance(layer[k], dict):
+                raise ConfigError(
+                    f"{k} must be a mapping (e.g. {k}: {{key: value}} in YAML), got {layer[k]!r}"
+                )
+        train = layer.get("train") if isinstance(layer.get("train"), dict) else {}
+        if "lr" in train and layer.get("lrs") is None and merged.get("lrs"):
+            merged["lrs"] = []  # one LR asked for over an earlier layer's LR search: the search is dropped
+        if merged.get("arms") and layer.get("arms") is None:
+            merged["arms"] = _over_arms(merged["arms"], layer, train)
         for k, v in layer.items():
             if v is None:
                 continue
@@ -253,6 +339,32 @@ def merge_config(cls: type, *layers: dict[str, Any]):
             f"missing required setting(s): {', '.join('--' + m.replace('_', '-') for m in missing)}"
         )
     return cls(**merged)
+
+
+def _over_arms(arms: list, layer: dict[str, Any], train: dict[str, Any]) -> list:
+    """Arms of an earlier layer (a preset) under a later one: its training settings and LRs win over the
+    arms' own; what names an arm (strategy, head, options) it may not change where an arm sets it."""
+    arms = [{str(k).replace("-", "_"): v for k, v in a.items()} if isinstance(a, dict) else a for a in arms]
+    clash = {k: flag for k, flag in _ARM_IDENTITY.items()
+             if layer.get(k) not in (None, {}) and any(isinstance(a, dict) and k in a for a in arms)}  # fmt: skip
+    if clash:
+        names = [a.get("name") for a in arms if isinstance(a, dict)]
+        raise ConfigError(
+            f"{', '.join(clash.values())} would not reach the arms {names} of the preset (or an earlier "
+            f"--config): they set {', '.join(clash)} themselves. Drop it, or list your own arms in a --config "
+            "YAML (arms: [{name: ..., strategy: ..., head: ...}])"
+        )
+    sets_lr = layer.get("lrs") is not None or "lr" in train
+    over = []
+    for arm in arms:
+        if isinstance(arm, dict):
+            arm = dict(arm)
+            if isinstance(arm.get("train"), dict):
+                arm["train"] = {k: v for k, v in arm["train"].items() if k not in train}
+            if sets_lr:
+                arm.pop("lrs", None)
+        over.append(arm)
+    return over
 
 
 def preset_names() -> list[str]:
@@ -279,4 +391,4 @@ def load_preset(name: str) -> dict[str, Any]:
     data = _preset_file(name)
     data.pop("description", None)
     data.pop("reference", None)
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
