@@ -9,7 +9,10 @@ per arm: what trains, accuracy, parameters, peak memory, time, throughput and th
     python scripts/finetune_table.py runs/breast_strategies --mode cost
 
 Both tables are pure functions of the tidy results table (:func:`accuracy_table`, :func:`cost_table`).
-Standard deviations are over seeds (sample std, ddof=1); a single seed shows the mean alone.
+Standard deviations are over seeds (sample std, ddof=1); a single seed shows the mean alone; a seed whose
+score is NaN (a diverged run) makes the cell ``nan``, so it is never averaged away. Several RUN_DIRs are
+kept apart: an arm is a (dataset, folder, arm name), since one arm name (``scratch-linear``) in two folders
+is usually two experiments; the ``folder`` column appears when the table holds more than one.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from medadapt.errors import DataError
+from medadapt.evaluation import format_mean_std
 from medadapt.reporting import read_results
 
+FOLDER = "folder"  # the RUN_DIR a row came from (added by load_runs)
 ARM_KEYS = ["dataset", "run"]
 ID_KEYS = ["dataset", "run", "seed", "fold", "split", "metric"]
 COST_FOOTNOTE = (
@@ -36,13 +41,10 @@ COST_FOOTNOTE = (
 
 # ---------------------------------------------------------------------------------------------- formatting
 def mean_std(values: Iterable[float]) -> str:
-    """``"0.912 ± 0.011"`` (3 decimals, sample std over seeds); the mean alone for a single value."""
-    series = pd.Series(list(values), dtype=float).dropna()
-    if series.empty:
-        return ""
-    if len(series) == 1:
-        return f"{series.mean():.3f}"
-    return f"{series.mean():.3f} ± {series.std():.3f}"
+    """``"0.912 ± 0.011"`` (3 decimals, sample std over seeds); the mean alone for a single value; ``nan``
+    when a seed's value is NaN; empty without values."""
+    values = pd.Series(list(values), dtype=float).to_numpy()
+    return format_mean_std(values) if len(values) else ""
 
 
 def human_count(n: float) -> str:
@@ -128,7 +130,7 @@ def _published(reference: pd.DataFrame, method: str) -> pd.DataFrame:
 
 def versus(values: pd.Series, published: float) -> str:
     """``yes`` when the mean (as shown, 3 decimals) reaches ``published``; ``no (within 1 std)``; ``no``."""
-    if pd.isna(published) or values.dropna().empty:
+    if pd.isna(published) or values.empty or values.isna().any():
         return ""
     mean, std = round(values.mean(), 3), values.std()
     if mean >= published:
@@ -146,6 +148,18 @@ def _first_seen(values: pd.Series) -> str:
     return ", ".join(str(v) for v in dict.fromkeys(values.dropna()))
 
 
+def _arms(results: pd.DataFrame):
+    """``((dataset, folder, arm), rows)`` per arm, in order of first appearance (folder ``""`` without one)."""
+    keys = [ARM_KEYS[0], FOLDER, ARM_KEYS[1]] if FOLDER in results else ARM_KEYS
+    for key, group in results.groupby(keys, sort=False, dropna=False):
+        yield (key if FOLDER in results else (key[0], "", key[1])), group
+
+
+def _with_folders(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``folder`` column only when the arms come from more than one folder."""
+    return table if table[FOLDER].nunique() > 1 else table.drop(columns=FOLDER)
+
+
 def accuracy_table(
     results: pd.DataFrame, reference: pd.DataFrame | None = None, method: str | None = None
 ) -> pd.DataFrame:
@@ -159,10 +173,11 @@ def accuracy_table(
         raise ValueError("give both reference and method, or neither")
     published = _published(reference, method) if reference is not None else None
     rows = []
-    for (dataset, arm), group in results.groupby(ARM_KEYS, sort=False):
+    for (dataset, folder, arm), group in _arms(results):
         auc, acc = _values(group, "test", "auc"), _values(group, "test", "acc")
         row = {
             "dataset": dataset,
+            FOLDER: folder,
             "arm": arm,
             "backbone": _first_seen(group["backbone"]),
             "seeds": group.loc[group["split"] == "test", "seed"].nunique(),
@@ -180,7 +195,7 @@ def accuracy_table(
                 "ACC ≥ published?": versus(acc, ref["acc"]),
             }
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _with_folders(pd.DataFrame(rows))
 
 
 def _fmt(value: float | None) -> str:
@@ -194,7 +209,7 @@ def cost_table(results: pd.DataFrame) -> pd.DataFrame:
     holds more than one dataset.
     """
     rows = []
-    for (dataset, arm), group in results.groupby(ARM_KEYS, sort=False):
+    for (dataset, folder, arm), group in _arms(results):
         cost = group[group["split"] == "cost"].groupby("metric")["value"]
         mean, peak = cost.mean(), cost.max()
         trainable, total = mean.get("trainable_params", math.nan), mean.get("total_params", math.nan)
@@ -202,6 +217,7 @@ def cost_table(results: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "dataset": dataset,
+                FOLDER: folder,
                 "arm": arm,
                 "strategy": _first_seen(group["strategy"]),
                 "head": _first_seen(group["head"]),
@@ -215,7 +231,7 @@ def cost_table(results: pd.DataFrame) -> pd.DataFrame:
                 "selected": selected_cell(group),
             }
         )
-    table = pd.DataFrame(rows)
+    table = _with_folders(pd.DataFrame(rows))
     return table.drop(columns="dataset") if table["dataset"].nunique() <= 1 else table
 
 
@@ -228,15 +244,16 @@ def selected_cell(group: pd.DataFrame) -> str:
 
 # ------------------------------------------------------------------------------------------------- main
 def load_runs(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """The results of every ``RUN_DIR/results.csv``; a row repeated by a resumed run counts once (the last)."""
+    """The results of every ``RUN_DIR/results.csv`` with its ``folder``; a row repeated within a folder (by a
+    resumed run) counts once (the last)."""
     frames = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "results.csv"
         if not path.is_file():
             raise DataError(f"{path} does not exist: RUN_DIR must be the --out folder of `medadapt finetune`")
-        frames.append(read_results(path))
+        frames.append(read_results(path).assign(**{FOLDER: str(run_dir).rstrip("/")}))
     table = pd.concat(frames, ignore_index=True)
-    repeated = table.duplicated(subset=ID_KEYS, keep="last")
+    repeated = table.duplicated(subset=[FOLDER, *ID_KEYS], keep="last")
     if repeated.any():
         print(
             f"note: {int(repeated.sum())} repeated result rows (resumed runs?); keeping the last",

@@ -64,6 +64,25 @@ def test_resume_of_a_finished_run_reports_the_same_numbers(data):
     assert (again == first).all()  # the resumed run's rows replace the first run's, with the same values
 
 
+def test_a_seed_with_other_settings_is_refused_before_it_trains(data, capsys):
+    """An arm's seeds are pooled by its name in results.csv: a seed trained otherwise would be averaged in."""
+    out = data / "pooled"
+    assert main(_finetune(data, "--strategy", "full", "--seeds", "0", "--out", str(out))) == 0
+    before = (out / "results.csv").read_text()
+    assert main(_finetune(data, "--strategy", "full", "--seeds", "1", "--lr", "0.01", "--out", str(out))) == 2
+    err = capsys.readouterr().err
+    assert "arm 'full-linear'" in err and "train.lr" in err and "another --out" in err
+    assert (out / "results.csv").read_text() == before and not (out / "full-linear" / "seed1").exists()
+    # another seed with the same settings (and another arm) join the folder
+    assert (
+        main(_finetune(data, "--strategy", "full", "--seeds", "1", "--out", str(out), "--num-workers", "0"))
+        == 0
+    )
+    assert main(_finetune(data, "--strategy", "frozen", "--seeds", "0", "--out", str(out))) == 0
+    table = pd.read_csv(out / "results.csv").query("split == 'test'")
+    assert table.groupby("run")["seed"].nunique().to_dict() == {"full-linear": 2, "frozen-linear": 1}
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -214,3 +233,13 @@ def test_distill_refuses_a_preset_with_arms(data, capsys):
     err = capsys.readouterr().err
     assert "arms ['differential', 'linear-probe']" in err and "medmnist_v2" in err
     assert not (data / "d").exists()  # refused before any work
+
+
+def test_printed_table_shows_a_nan_seed():
+    from medadapt.cli import side_by_side
+
+    rows = [{"run": "a", "split": "test", "metric": m, "seed": s, "value": v}
+            for m in ("auc", "acc") for s, v in ((0, 0.9), (1, float("nan")))]  # fmt: skip
+    rows += [{"run": "a", "split": "cost", "metric": "wall_seconds", "seed": 0, "value": 3.0}]
+    printed = side_by_side(pd.DataFrame(rows))
+    assert "nan ± nan" in printed and "0.900" not in printed

@@ -129,3 +129,25 @@ def test_main_names_the_missing_file(tmp_path: Path, capsys: pytest.CaptureFixtu
         ft.main([str(tmp_path / "nowhere")])
     assert info.value.code == 2
     assert str(tmp_path / "nowhere" / "results.csv") in capsys.readouterr().err
+
+
+def test_one_arm_name_in_two_folders_stays_two_rows(tmp_path: Path, results: pd.DataFrame) -> None:
+    """Before, rows of two folders with one arm name were deduplicated into one: an experiment vanished."""
+    other = results.assign(value=results["value"].where(results["split"] != "test", 0.5))
+    write_results(results.to_dict("records"), tmp_path / "a" / "results.csv")
+    write_results(other.to_dict("records"), tmp_path / "b" / "results.csv")
+    table = ft.accuracy_table(ft.load_runs([tmp_path / "a", tmp_path / "b"]))
+    rows = table.set_index(["folder", "arm"])["test AUC"]
+    assert rows[(str(tmp_path / "a"), "full-linear")] == "0.920 ± 0.020"
+    assert rows[(str(tmp_path / "b"), "full-linear")] == "0.500 ± 0.000" and len(table) == 4
+    assert "folder" not in ft.accuracy_table(ft.load_runs([tmp_path / "a"]))  # one folder: no column
+    assert len(ft.cost_table(ft.load_runs([tmp_path / "a", tmp_path / "b"]))) == 4
+
+
+def test_a_nan_seed_is_shown_not_averaged_away(results: pd.DataFrame, reference: pd.DataFrame) -> None:
+    diverged = (results["run"] == "full-linear") & (results["seed"] == 2) & (results["split"] == "test")
+    results.loc[diverged, "value"] = float("nan")
+    table = ft.accuracy_table(results, reference, "ResNet-18 (28)").set_index("arm")
+    assert table.loc["full-linear", "test AUC"] == "nan ± nan"
+    assert table.loc["full-linear", "AUC ≥ published?"] == ""
+    assert table.loc["frozen-linear", "test AUC"] == "0.870 ± 0.010"

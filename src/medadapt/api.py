@@ -30,6 +30,7 @@ from .evaluation.metrics import compute_metrics
 from .features import FeatureSet, extract_features
 from .reporting.results import (
     environment_info,
+    record_arm_configs,
     results_rows,
     save_predictions,
     write_environment,
@@ -82,7 +83,7 @@ def probe(
 
 def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDataset], int]:
     """Load the data, resolve the device and image size, write ``config.yaml`` and ``env.json``."""
-    out = Path(cfg.out).expanduser()
+    out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
@@ -261,9 +262,15 @@ def finetune(
     every arm, written after each run so finished runs survive a later failure.
     """
     cfg = replace(config, **kwargs) if config is not None else FinetuneConfig(**kwargs)
+    arms = cfg.arm_configs()
+    address = resolve_alias(cfg.backbone)
+    # before anything is written: an arm's seeds trained with other settings would be pooled by its name
+    record_arm_configs(
+        {name: {**arm.to_dict(), "backbone_address": address} for name, arm in arms}, cfg.out_dir
+    )
     out, device, splits, img_size = _start_run(cfg)
     frames = []
-    for name, arm in cfg.arm_configs():
+    for name, arm in arms:
         for seed in cfg.seeds:
             run_dir = out / name / f"seed{seed}"
             rows = _finetune_one(arm, splits, name=name, seed=seed, img_size=img_size, device=device,

@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MedadaptError
@@ -196,7 +195,7 @@ def _run_distill(args: argparse.Namespace) -> int:
     cfg = _training_config(DistillConfig, args)
     table = distill(cfg, show_progress=True)
     print(side_by_side(table))
-    out = Path(cfg.out)
+    out = cfg.out_dir
     print((out / "comparison.md").read_text())
     outputs = json.loads((out / "outputs.json").read_text())
     for kind, names in outputs.items():
@@ -222,7 +221,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     cfg = _training_config(FinetuneConfig, args)
     table = finetune(cfg, show_progress=True)
     print(side_by_side(table))
-    print(f"results: {cfg.out}/results.csv")
+    print(f"results: {cfg.out_dir / 'results.csv'}")
     return 0
 
 
@@ -245,9 +244,12 @@ def _key_values(items: list[str]) -> dict[str, Any]:
 
 def side_by_side(table) -> str:
     """Test AUC / ACC as mean ± std over seeds per arm, with the cost columns."""
+    from .evaluation import format_mean_std
+
     test = table[(table["split"] == "test") & table["metric"].isin(["auc", "acc"])]
-    stats = test.groupby(["run", "metric"])["value"].agg(["mean", "std"]).fillna(0.0)
-    cells = stats.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}", axis=1).unstack("metric")
+    # a NaN seed (a diverged run) shows as nan instead of being left out of the mean
+    stats = test.groupby(["run", "metric"], sort=False)["value"].agg(lambda v: format_mean_std(v.to_numpy()))
+    cells = stats.unstack("metric")
     cost = table[table["split"] == "cost"].pivot_table(
         index="run", columns="metric", values="value", aggfunc="mean"
     )
@@ -269,7 +271,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     table = probe(cfg, show_progress=True)
     shown = table[table["split"].isin(["val", "test"]) & table["metric"].isin(["auc", "acc"])]
     print(shown.pivot_table(index=["seed"], columns=["split", "metric"], values="value").round(4).to_string())
-    print(f"results: {cfg.out}/results.csv")
+    print(f"results: {cfg.out_dir / 'results.csv'}")
     return 0
 
 

@@ -118,6 +118,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def out_dir(self) -> Path:
+        """``out`` as a path, ``~`` expanded."""
+        return Path(self.out).expanduser()
+
 
 @dataclass
 class ProbeConfig(RunConfig):

@@ -45,6 +45,7 @@ __all__ = [
     "atomic_write",
     "write_json",
     "write_run_config",
+    "record_arm_configs",
     "write_yaml",
 ]
 
@@ -167,6 +168,37 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
                 new["seeds"] = sorted({*old["seeds"], *new["seeds"]})
         write_yaml(new, path)
     return new
+
+
+def record_arm_configs(configs: Mapping[str, Mapping[str, Any]], out: StrPath) -> None:
+    """Keep each arm's settings in ``out/ARM/config.yaml``, or refuse an arm whose recorded settings differ.
+
+    ``results.csv`` pools an arm's seeds by its name, so a seed trained with other settings (``--seeds 1
+    --lr 1e-2`` into a folder whose arm trained seed 0 at 1e-3) would be averaged with them. Every arm is
+    checked before any is written, so a refused run changes nothing; the :data:`_PER_INVOCATION` keys
+    (seeds, where the data lies, ...) may differ, and the seeds are gathered.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out):
+        records = {}
+        for name, config in configs.items():
+            path, new = out / name / "config.yaml", _plain(dict(config))
+            old = yaml.safe_load(path.read_text()) if path.exists() else None
+            if isinstance(old, dict):
+                a, b = _result_keys(old), _result_keys(new)
+                differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                if differ:
+                    changes = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in differ)
+                    raise ConfigError(
+                        f"arm {name!r} in {out} was trained with other settings ({changes}); results.csv "
+                        "would pool its seeds: use another --out (or remove that arm's folder and its rows)"
+                    )
+                new["seeds"] = sorted({*old.get("seeds", []), *new.get("seeds", [])})
+            records[path] = new
+        for path, new in records.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_yaml(new, path)
 
 
 # ------------------------------------------------------------------------------------------- results table
