@@ -520,3 +520,28 @@ def test_registered_strategies_resume_bitwise(tmp_path, name, options):
     assert res.cost["trainable_params"] <= res.cost["total_params"]
     if name == "unfreeze":
         assert res.history[0]["trainable_params"] < res.history[-1]["trainable_params"]
+
+
+def test_bf16_counts_as_native_only_in_hardware(monkeypatch):
+    """An AVX-512 CPU without BF16 (oneDNN emulates it) or a pre-Ampere GPU (V100, T4) gets float32."""
+    from medadapt import _device
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert _device.runs_bf16("cpu") is native and _device.runs_bf16("cpu", enabled=False) is False
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, native in (((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None, c=capability: c)
+        assert _device._native_bf16(torch.device("cuda")) is native
+
+
+def test_a_float32_run_does_not_resume_in_bf16(tmp_path, monkeypatch):
+    """The device is not hashed, but the precision it computes in is (a GPU run resumed on a CPU, say)."""
+    monkeypatch.setattr(loop, "runs_bf16", lambda device, enabled=True: False)  # as on a CPU without bf16
+    with pytest.raises(Killed):
+        run(out_dir=tmp_path, progress=kill_after(1), epochs=2, n=32, autocast=True)
+    monkeypatch.setattr(loop, "runs_bf16", lambda device, enabled=True: enabled)  # as on an AMX CPU / a GPU
+    with pytest.raises(ConfigError, match="different configuration"):
+        run(out_dir=tmp_path, resume=True, epochs=2, n=32, autocast=True)

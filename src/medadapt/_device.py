@@ -26,12 +26,23 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _native_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` has bf16 arithmetic in hardware, not only emulated.
+
+    Neither of torch's own checks says that: ``torch.cuda.is_bf16_supported()`` counts emulation (V100, T4)
+    by default, and the oneDNN one on CPU is true for any AVX-512 CPU. Native: CUDA from compute capability
+    8.0 (Ampere); CPUs with AVX512-BF16 or AMX.
+    """
     if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if torch.version.hip:  # ROCm: torch's check without emulation
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(dev) >= (8, 0)
     if dev.type == "cpu":
+        checks = [
+            getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        ]
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
+            return any(bool(check()) for check in checks if check is not None)
+        except RuntimeError:
             return False
     return False
 

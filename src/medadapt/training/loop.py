@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from .._device import autocast_context, resolve_device, seeded
+from .._device import autocast_context, resolve_device, runs_bf16, seeded
 from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, collate, make_loader
 from ..errors import ConfigError, DataError
@@ -153,6 +153,9 @@ def fit(
     task = _check_data(train_ds, val_ds)
     ckpt = checkpoint_path(out_dir, resume=resume)
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    if runs_bf16(device, cfg.autocast):  # the device is not hashed, but the precision it runs is: a run
+        settings["precision"] = "bf16"  # begun in bf16 does not resume in float32, nor the reverse (the key
+        # is absent under float32, so float32 checkpoints of earlier versions still resume)
     if objective is not None:
         settings["objective"] = objective.fingerprint()
     run_hash = run_fingerprint(settings, strategy, model, preprocess, [train_ds, val_ds]) if ckpt else ""
