@@ -243,3 +243,19 @@ def test_printed_table_shows_a_nan_seed():
     rows += [{"run": "a", "split": "cost", "metric": "wall_seconds", "seed": 0, "value": 3.0}]
     printed = side_by_side(pd.DataFrame(rows))
     assert "nan ± nan" in printed and "0.900" not in printed
+
+
+def test_lr_search_keeps_the_best_lr_by_the_runs_rule(data):
+    import torch
+
+    from medadapt.training.loop import best_run
+
+    out = data / "search"
+    assert main(_finetune(data, "--strategy", "full", "--lrs", "0.03", "0.0001", "--out", str(out))) == 0
+    bests = []
+    for lr in ("0.03", "0.0001"):
+        state = torch.load(out / "full-linear" / "seed0" / f"lr{lr}" / "checkpoint.pt", weights_only=True)
+        bests.append(state["best"])
+    chosen = ("0.03", "0.0001")[best_run(bests, "val_auc")]
+    selected = pd.read_csv(out / "results.csv").query("split == 'test'")["selected"].iloc[0]
+    assert selected.startswith(f"lr={chosen};epoch=")

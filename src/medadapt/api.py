@@ -297,14 +297,17 @@ def _finetune_one(
 
     train, val, test = splits["train"], splits["val"], splits["test"]
     lrs = cfg.lrs or [cfg.train.get("lr", TrainConfig.lr)]
-    fits = []
+    best = best_record = None
     for lr in lrs:
         where = run_dir / f"lr{lr:g}" if len(cfg.lrs) > 1 else run_dir
-        fits.append(_fit_one(cfg, splits, lr=lr, seed=seed, img_size=img_size, device=device, run_dir=where,
-                             desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None,
-                             objective=objective))  # fmt: skip
-    bests = [{"val_auc": f[0].best_val_auc, "val_loss": f[0].best_val_loss} for f in fits]
-    result, backbone, preprocess, tcfg, strategy = fits[best_run(bests, fits[0][3].select_on)]
+        fitted = _fit_one(cfg, splits, lr=lr, seed=seed, img_size=img_size, device=device, run_dir=where,
+                          desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None, objective=objective)  # fmt: skip
+        record = {"val_auc": fitted[0].best_val_auc, "val_loss": fitted[0].best_val_loss}
+        # only the best so far is kept (ties: the first), so the next LR's peak memory is its own
+        if best is None or best_run([best_record, record], fitted[3].select_on) == 1:
+            best, best_record = fitted, record
+        del fitted
+    result, backbone, preprocess, tcfg, strategy = best
     ids = dict(
         run=name,
         dataset=cfg.dataset,

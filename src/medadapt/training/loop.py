@@ -204,6 +204,7 @@ def fit(
         if progress is not None:
             progress(epoch, cfg.epochs, record)
     run.clock["wall"] = wall0 + time.perf_counter() - start
+    optimizer.zero_grad(set_to_none=True)  # the last step's gradients would outlive the fit with the model
     model.load_state_dict(run.best.state)
     return FitResult(
         model=model.eval(),
