@@ -306,3 +306,22 @@ def test_run_config_tells_an_old_alias_from_the_address_it_names_now(tmp_path: P
         written = write_run_config({**base, "seeds": [1], "backbone": "resnet18_28", "backbone_address": address},
                                    tmp_path / "b")  # fmt: skip
     assert written["seeds"] == [1] and "['backbone_address']" in caplog.text
+
+
+def test_folder_lock_is_a_writable_file_and_a_refused_lock_warns(tmp_path: Path, monkeypatch, caplog) -> None:
+    """NFS emulates flock with fcntl locks, which need a file open for writing; a refusal is not silent."""
+    import fcntl
+
+    from medadapt._io import LOCK_FILE, exclusive_lock
+
+    with exclusive_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).is_file()
+
+    def refuse(fd, op):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    ran = []
+    with caplog.at_level("WARNING"), exclusive_lock(tmp_path):
+        ran.append(True)
+    assert ran and "could not lock" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import tempfile
@@ -13,6 +14,7 @@ from typing import BinaryIO
 __all__ = ["atomic_write", "exclusive_lock"]
 
 StrPath = str | os.PathLike
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: StrPath, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
@@ -57,12 +59,18 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+#: The lock file of a locked directory.
+LOCK_FILE = ".medadapt.lock"
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: StrPath) -> Iterator[None]:
-    """Hold an exclusive advisory lock (POSIX ``flock``) on ``path``: a directory, or a lock file made if missing.
+    """Hold an exclusive advisory lock (POSIX ``flock``) on ``path``: a directory (through its
+    :data:`LOCK_FILE`), or a lock file, made if missing.
 
     Processes that share an output folder or a cache (seeds run in parallel) take turns in the locked
-    section. Without ``fcntl`` (Windows) or on file systems without ``flock`` it runs unlocked.
+    section. The file is opened for writing: NFS emulates ``flock`` with ``fcntl`` locks, which need it.
+    Without ``fcntl`` (Windows), or where the file system refuses the lock, it runs unlocked, with a warning.
     """
     try:
         import fcntl
@@ -70,10 +78,12 @@ def exclusive_lock(path: StrPath) -> Iterator[None]:
         yield
         return
     p = Path(path)
-    fd = os.open(p, os.O_RDONLY) if p.is_dir() else os.open(p, os.O_RDONLY | os.O_CREAT, 0o644)
+    fd = os.open(p / LOCK_FILE if p.is_dir() else p, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with contextlib.suppress(OSError):
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning("could not lock %s (%s): processes writing there at once may lose updates", p, e)
         yield
     finally:
         os.close(fd)  # closing releases the lock
