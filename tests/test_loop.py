@@ -545,3 +545,14 @@ def test_a_float32_run_does_not_resume_in_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "runs_bf16", lambda device, enabled=True: enabled)  # as on an AMX CPU / a GPU
     with pytest.raises(ConfigError, match="different configuration"):
         run(out_dir=tmp_path, resume=True, epochs=2, n=32, autocast=True)
+
+
+def test_resume_before_the_first_evaluation_selects_as_without_a_kill(tmp_path, monkeypatch):
+    """A checkpoint written before any evaluation holds no best weights; a NaN first evaluation must still
+    be selected, as in the uninterrupted run (not the weights of the epoch the run was killed at)."""
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"val_auc": math.nan, "val_loss": math.nan})
+    ref = run(epochs=4, n=32, eval_every=2)
+    with pytest.raises(Killed):
+        run(out_dir=tmp_path, progress=kill_after(1), epochs=4, n=32, eval_every=2)
+    res = run(out_dir=tmp_path, resume=True, epochs=4, n=32, eval_every=2)
+    assert res.best_epoch == ref.best_epoch == 2 and states_equal(res.state, ref.state)

@@ -575,7 +575,10 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cf
     scheduler.load_state_dict(state["scheduler"])
     strategy.load_state_dict(state["strategy"])
     best = state["best"]
-    best_state = best.pop("state") or {k: v.clone() for k, v in state["model"].items()}
+    best_state = best.pop("state")
+    if best_state is None and best["epoch"] == state["epoch"]:  # the best is this epoch's, stored as "model"
+        best_state = {k: v.clone() for k, v in state["model"].items()}
+    # (else None: no epoch evaluated yet, so the first evaluation is taken whatever its score, as without a kill)
     log.info("resumed at epoch %d", state["epoch"])
     return _Run(history, _Best(**best, state=best_state), state["clock"], resumed_from=state["epoch"])
 
