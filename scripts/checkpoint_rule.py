@@ -27,6 +27,7 @@ import yaml
 from medadapt.api import load_splits
 from medadapt.config import RunConfig
 from medadapt.evaluation.metrics import compute_metrics
+from medadapt.reporting import read_results
 from medadapt.saved import load_classifier
 from medadapt.training.checkpoint import CHECKPOINT_NAME
 from medadapt.training.loop import predict
@@ -35,10 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_table import mean_std  # noqa: E402
 
 
-def seed_rows(seed_dir: Path, splits: dict, *, autocast: bool, names: list[str]) -> list[dict]:
-    """AUC / ACC of the selected and the last epoch's weights of one seed folder, one row per split."""
+def seed_rows(
+    seed_dir: Path, splits: dict, *, autocast: bool, names: list[str], checkpoint_path: Path | None = None
+) -> list[dict]:
+    """AUC / ACC of the selected and the last epoch's weights of one seed folder, one row per split.
+
+    ``checkpoint_path``: the selected LR's checkpoint of an LR search (default ``seed_dir/checkpoint.pt``).
+    """
     model, preprocess, info = load_classifier(seed_dir)
-    checkpoint = torch.load(seed_dir / CHECKPOINT_NAME, weights_only=True, map_location="cpu")
+    checkpoint_path = checkpoint_path or seed_dir / CHECKPOINT_NAME
+    checkpoint = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
     weights = {
         "selected": (checkpoint["best"]["epoch"], None),
         "last": (checkpoint["epoch"], checkpoint["model"]),
@@ -63,19 +70,41 @@ def seed_rows(seed_dir: Path, splits: dict, *, autocast: bool, names: list[str])
 
 
 def run_rows(run: Path, data_root: str | None, names: list[str]) -> list[dict]:
-    """The rows of every seed folder of one finetune output folder (``run/ARM/seedS``)."""
+    """The rows of every finished seed folder of one finetune output folder (``run/ARM/seedS``)."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     cfg = RunConfig(dataset=config["dataset"], backbone=config["backbone"], size=config.get("size"),
-                    data_root=data_root or config.get("data_root"))  # fmt: skip
+                    data_root=data_root or config.get("data_root"),
+                    skip_bad_rows=config.get("skip_bad_rows", False))  # fmt: skip
     splits = load_splits(cfg)
+    chosen_lrs = _selected_lrs(run)
     rows = []
-    for seed_dir in sorted(run.glob(f"*/seed*/{CHECKPOINT_NAME}")):
-        if not (seed_dir.parent / "model.json").exists():  # still training: no selected model yet
-            print(f"skipped {seed_dir.parent}: not finished (no model.json)", file=sys.stderr)
+    for seed_dir in sorted(p for p in run.glob("*/seed*") if p.is_dir()):
+        if not (seed_dir / "model.json").exists():  # still training: no selected model yet
+            print(f"skipped {seed_dir}: not finished (no model.json)", file=sys.stderr)
             continue
-        for row in seed_rows(seed_dir.parent, splits, autocast=config.get("autocast", True), names=names):
+        checkpoint = seed_dir / CHECKPOINT_NAME
+        if not checkpoint.exists():  # an LR search: the selected LR's folder
+            lr = chosen_lrs.get((seed_dir.parent.name, seed_dir.name.removeprefix("seed")))
+            checkpoint = seed_dir / f"lr{lr}" / CHECKPOINT_NAME
+            if lr is None or not checkpoint.exists():
+                print(f"skipped {seed_dir}: no checkpoint of its selected LR ({lr})", file=sys.stderr)
+                continue
+        for row in seed_rows(seed_dir, splits, autocast=config.get("autocast", True), names=names,
+                             checkpoint_path=checkpoint):  # fmt: skip
             rows.append({"run": run.name, "dataset": config["dataset"], **row})
     return rows
+
+
+def _selected_lrs(run: Path) -> dict[tuple[str, str], str]:
+    """``(arm, seed) -> "0.001"``: the LR each seed selected (``selected`` = ``lr=0.001;epoch=14``), as its
+    folder ``lr0.001`` spells it."""
+    table = read_results(run / "results.csv") if (run / "results.csv").exists() else pd.DataFrame()
+    chosen = {}
+    for row in table[table["split"] == "test"].itertuples() if len(table) else []:
+        parts = dict(item.partition("=")[::2] for item in str(row.selected).split(";") if "=" in item)
+        if "lr" in parts:
+            chosen[(str(row.run), str(int(row.seed)))] = parts["lr"]
+    return chosen
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:

@@ -42,3 +42,17 @@ def test_last_epoch_scores_equal_a_run_that_keeps_the_last_epoch(script, tmp_pat
     out = tmp_path / "rule.md"
     assert script.main([str(tmp_path / "best"), "--out", str(out)]) == 0
     assert "| last " in out.read_text() and "| selected " in out.read_text()
+
+
+def test_an_lr_search_is_scored_from_its_selected_lrs_checkpoint(script, tmp_path, monkeypatch):
+    """Under --lrs the checkpoints lie in ARM/seedS/lrX/; the selected LR's last epoch is the one scored."""
+    write_fake_medmnist(tmp_path / "data", monkeypatch)
+    args = ["finetune", "--dataset", "medmnist:breastmnist", "--backbone", VIT, "--no-pretrained",
+            "--data-root", str(tmp_path / "data"), "--epochs", "2", "--lrs", "0.1", "0.0001",
+            "--select-on", "last", "--out", str(tmp_path / "search")]  # fmt: skip
+    assert medadapt(args) == 0
+    test = pd.read_csv(tmp_path / "search" / "results.csv").query("split == 'test'").set_index("metric")
+    rows = pd.DataFrame(script.run_rows(tmp_path / "search", None, ["test"])).set_index("weights")
+    for metric in ("auc", "acc"):  # kept last: the selected weights are the last epoch's, scored alike
+        assert rows.loc["last", metric] == pytest.approx(test.loc[metric, "value"], abs=1e-9)
+        assert rows.loc["selected", metric] == pytest.approx(test.loc[metric, "value"], abs=1e-9)
