@@ -194,7 +194,7 @@ def test_default_milestones_are_the_medmnist_protocol():
     assert TrainConfig(epochs=100, schedule="multistep").milestones == [50, 75]
     assert TrainConfig(epochs=1, schedule="multistep").milestones == []
     with pytest.raises(ConfigError, match="--milestones"):
-        TrainConfig(epochs=10, milestones=[20])
+        TrainConfig(epochs=10, schedule="multistep", milestones=[20])
     with pytest.raises(ConfigError, match="--optimizer"):
         TrainConfig(optimizer="lion")
     with pytest.raises(ConfigError, match="--warmup-epochs"):
@@ -556,3 +556,12 @@ def test_resume_before_the_first_evaluation_selects_as_without_a_kill(tmp_path, 
         run(out_dir=tmp_path, progress=kill_after(1), epochs=4, n=32, eval_every=2)
     res = run(out_dir=tmp_path, resume=True, epochs=4, n=32, eval_every=2)
     assert res.best_epoch == ref.best_epoch == 2 and states_equal(res.state, ref.state)
+
+
+def test_milestones_matter_only_to_multistep():
+    """--preset medmnist_v2 --schedule cosine --epochs 20 was refused for the preset's milestones 50, 75."""
+    with pytest.warns(UserWarning, match="ignored"):
+        assert TrainConfig(epochs=20, schedule="cosine", milestones=[50, 75]).milestones == []
+    assert TrainConfig(epochs=20, schedule="multistep").milestones == [10, 15]
+    with pytest.raises(ConfigError, match="--milestones"):
+        TrainConfig(epochs=20, schedule="multistep", milestones=[50, 75])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +79,13 @@ class TrainConfig:
             raise ConfigError(
                 f"--warmup-epochs {self.warmup_epochs} must be less than --epochs {self.epochs}"
             )
-        if self.milestones is None:  # only multistep uses them
-            default = [self.epochs // 2, (3 * self.epochs) // 4] if self.schedule == "multistep" else []
-            self.milestones = [m for m in default if m >= 1]
+        if self.schedule != "multistep":  # only multistep uses them (a preset's stay behind with --schedule)
+            if self.milestones:
+                warnings.warn(f"--milestones {self.milestones} are ignored: they apply to --schedule multistep",
+                              stacklevel=2)  # fmt: skip
+            self.milestones = []
+        if self.milestones is None:
+            self.milestones = [m for m in (self.epochs // 2, (3 * self.epochs) // 4) if m >= 1]
         ms = list(self.milestones)
         if not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m <= self.epochs for m in ms):
             raise ConfigError(
