@@ -259,3 +259,8 @@ def test_lr_search_keeps_the_best_lr_by_the_runs_rule(data):
     chosen = ("0.03", "0.0001")[best_run(bests, "val_auc")]
     selected = pd.read_csv(out / "results.csv").query("split == 'test'")["selected"].iloc[0]
     assert selected.startswith(f"lr={chosen};epoch=")
+
+
+def test_pretrained_flag_undoes_a_presets_random_init():
+    assert _preset_config("medmnist_v2").pretrained is False
+    assert _preset_config("medmnist_v2", "--strategy", "full", "--pretrained").pretrained is True

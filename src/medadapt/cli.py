@@ -41,8 +41,11 @@ def _add_run_flags(p: argparse.ArgumentParser, *, heads: list[str]) -> None:
         "--channel-mode", help="gray images: sum, mean, first (fold into the first conv) or repeat"
     )
     p.add_argument("--weights", help="local weights file (safetensors / .pth) or HF directory")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None,
-                   help="random initialisation (recorded in the results)")  # fmt: skip
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False, default=None,
+                      help="random initialisation (recorded in the results)")  # fmt: skip
+    init.add_argument("--pretrained", dest="pretrained", action="store_const", const=True, default=None,
+                      help="pretrained weights (the default), over a preset's or config's pretrained: false")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--no-autocast", dest="autocast", action="store_const", const=False, default=None,
