@@ -40,7 +40,7 @@ def test_probe_writes_tidy_results_predictions_config_env(env, capsys):
         assert col in table.columns
     assert set(table["pretrained"]) == {"random-init"}
     for split in ("val", "test"):
-        pred = load_predictions(out / "predictions" / f"{split}.npz")
+        pred = load_predictions(out / "predictions" / f"{split}_seed0.npz")
         assert pred["labels"].shape == (16, 1) and pred["scores"].shape == (16, 2)
         recorded = table.query("split == @split and metric == 'auc'")["value"].item()
         assert recorded == pytest.approx(auc("binary", pred["labels"], pred["scores"]), abs=1e-12)
@@ -60,6 +60,16 @@ def test_config_records_the_address_an_alias_named(env):
     assert read_info(out / "models" / "seed0").backbone == address  # the saved model rebuilds what ran
 
 
+def test_seeds_run_as_processes_into_one_out_keep_their_predictions_and_rows(env):
+    out = env / "split"
+    for seed in ("0", "1", "1"):  # seed 1 twice: a rerun replaces its rows
+        assert main(_probe(env, "--out", str(out), "--lrs", "1e-3", "--seeds", seed)) == 0
+    assert {p.name for p in (out / "predictions").iterdir()} == {f"{s}_seed{i}.npz" for s in ("val", "test")
+                                                                 for i in (0, 1)}  # fmt: skip
+    table = pd.read_csv(out / "results.csv").query("split == 'test' and metric == 'auc'")
+    assert sorted(table["seed"]) == [0, 1]
+
+
 def test_second_identical_run_uses_the_feature_cache(env):
     assert main(_probe(env, "--out", str(env / "a"))) == 0
     entries = sorted(p.name for p in (env / "cache").iterdir() if not p.name.startswith("."))
@@ -74,7 +84,7 @@ def test_second_identical_run_uses_the_feature_cache(env):
 def test_other_heads(env, head):
     out = env / head
     assert main(_probe(env, "--head", head, "--out", str(out), "--ks", "3", "5")) == 0
-    assert (out / "predictions" / "test.npz").exists()
+    assert (out / "predictions" / "test_seed0.npz").exists()
 
 
 def test_several_seeds_and_yaml_config_with_flag_override(env):

@@ -67,8 +67,8 @@ def probe(
 ) -> pd.DataFrame:
     """Frozen-backbone probe: extract (cached) features, train the head grid, report val and test metrics.
 
-    Writes ``out/results.csv``, ``out/predictions/{val,test}.npz`` (``{split}_seed{S}.npz`` when several
-    seeds are run), ``out/config.yaml`` and ``out/env.json``; returns this run's rows of the results table.
+    Writes ``out/results.csv``, ``out/predictions/{val,test}_seed{S}.npz``, ``out/config.yaml`` and
+    ``out/env.json``; returns this run's rows of the results table.
     """
     cfg = replace(config, **kwargs) if config is not None else ProbeConfig(**kwargs)
     out, device, splits, img_size = _start_run(cfg)
@@ -76,7 +76,8 @@ def probe(
     for seed in cfg.seeds:
         rows = _probe_one_seed(cfg, splits, seed=seed, img_size=img_size, device=device, out=out,
                                show_progress=show_progress)  # fmt: skip
-        write_results(rows, out / "results.csv")  # after every seed: finished seeds survive a later failure
+        # after every seed (finished seeds survive a later failure); a rerun replaces its rows, not repeats them
+        write_results(rows, out / "results.csv", replace=("run", "head", "seed"))
         frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)
 
@@ -162,8 +163,8 @@ def _probe_one_seed(
     for split in ("val", "test"):
         fs = feats[split]
         scores = result.predict(fs)
-        name = split if len(cfg.seeds) == 1 else f"{split}_seed{seed}"
-        save_predictions(out, name, labels=fs.labels, scores=scores)
+        # per seed always: seeds run as one process each into one --out would overwrite one name
+        save_predictions(out, f"{split}_seed{seed}", labels=fs.labels, scores=scores)
         rows += results_rows(metrics=compute_metrics(train.task, fs.labels, scores), split=split, **ids)
     if result.head_name != "knn":  # a kNN head is its training features: nothing to reload as a model
         model = build_classifier(backbone, cfg.head, train.num_outputs, **cfg.head_kwargs)
