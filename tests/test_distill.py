@@ -283,7 +283,10 @@ def test_distill_from_a_backbone_teacher_end_to_end(tmp_path, monkeypatch, capsy
     printed = capsys.readouterr().out
     assert "student alone" in printed and "figures:" in printed
     # the saved probe teacher is reused only when it is the one asked for
-    again = [*args, "--teacher-channel-mode", "repeat", "--no-figures"]
+    assert main([*args, "--teacher-channel-mode", "repeat"]) == 2  # the distilled arms had another teacher
+    assert "arm 'distill-t1-a0.5'" in capsys.readouterr().err
+    # new arms (the existing ones are refused first, as above) reach the saved teacher's own check
+    again = [*args, "--teacher-channel-mode", "repeat", "--no-figures", "--alphas", "0.9"]
     again[again.index("--teacher") + 1] = TINY_VIT.replace("embed_dim=32", "embed_dim=64")
     assert main(again) == 2
     err = capsys.readouterr().err
@@ -308,6 +311,12 @@ def test_distill_from_a_finetune_run_directory(tmp_path, monkeypatch, capsys):
     assert "ensemble of 2" in table.query("run == 'teacher'")["backbone"].iloc[0]
     comparison = pd.read_csv(out / "comparison.csv")
     assert list(comparison["seeds"]) == [2, 2, 2]
+    # a seed with other training settings would be pooled with them: refused before it runs
+    args = _distill(
+        tmp_path, "--teacher", str(tmp_path / "teacher"), "--no-figures", "--seeds", "2", "--lr", "0.5"
+    )
+    assert main([*args, "--out", str(out)]) == 2
+    assert "arm 'student'" in capsys.readouterr().err and not (out / "student" / "seed2").exists()
 
     # --teacher-pairing seed: student seed S is taught by the teacher of seed S alone
     paired = tmp_path / "paired"

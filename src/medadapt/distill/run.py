@@ -22,11 +22,18 @@ import pandas as pd
 import torch
 
 from .._io import atomic_write
+from ..backbones._factory import resolve_alias
 from ..config import DistillConfig
 from ..data.base import MedicalDataset
 from ..errors import ConfigError, MedadaptError
 from ..evaluation.metrics import compute_metrics
-from ..reporting.results import read_results, results_rows, save_predictions, write_results
+from ..reporting.results import (
+    read_results,
+    record_arm_configs,
+    results_rows,
+    save_predictions,
+    write_results,
+)
 from ..training.probe import to_scores
 from .objective import DistillObjective
 from .teacher import Teacher
@@ -42,6 +49,11 @@ def arm_name(temperature: float, alpha: float) -> str:
     return f"distill-t{temperature:g}-a{alpha:g}"
 
 
+#: Settings that do not change what an arm trains: the grid (each arm has its own t and alpha) and the report.
+_NOT_ARM_SETTINGS = ("alpha", "temperature", "alphas", "temperatures", "baseline", "figures", "gradcam_images",
+                "tsne_points")  # fmt: skip
+
+
 def distill(
     config: DistillConfig | None = None, /, *, show_progress: bool = False, **kwargs: Any
 ) -> pd.DataFrame:
@@ -54,9 +66,16 @@ def distill(
     from ..api import _finetune_one, _start_run
 
     cfg = replace(config, **kwargs) if config is not None else DistillConfig(**kwargs)
-    out, device, splits, img_size = _start_run(cfg)
     arms: list[tuple[str, tuple[float, float] | None]] = [(STUDENT, None)] if cfg.baseline else []
     arms += [(arm_name(t, a), (t, a)) for t, a in cfg.grid()]
+    # each arm's settings (its own t and alpha, not the grid's or the report's): a seed added later with
+    # other settings is refused before anything runs, since results.csv pools an arm's seeds by its name
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_ARM_SETTINGS}
+    shared["backbone_address"] = resolve_alias(cfg.backbone)
+    student = {k: v for k, v in shared.items() if not k.startswith("teacher")}  # it learns from labels alone
+    record_arm_configs({name: {**shared, "temperature": setting[0], "alpha": setting[1]} if setting else student
+                        for name, setting in arms}, cfg.out_dir)  # fmt: skip
+    out, device, splits, img_size = _start_run(cfg)
     augmented = cfg.train.get("augment", "none") != "none"
     teachers: dict[Any, tuple[Teacher, dict[str, tuple[torch.Tensor, np.ndarray]]]] = {}
     frames = []
