@@ -73,9 +73,9 @@ def test_a_seed_with_other_settings_is_refused_before_it_trains(data, capsys):
     err = capsys.readouterr().err
     assert "arm 'full-linear'" in err and "train.lr" in err and "another --out" in err
     assert (out / "results.csv").read_text() == before and not (out / "full-linear" / "seed1").exists()
-    # another seed with the same settings (and another arm) join the folder
+    # another seed with the same settings (--out spelled otherwise), and another arm, join the folder
     assert (
-        main(_finetune(data, "--strategy", "full", "--seeds", "1", "--out", str(out), "--num-workers", "0"))
+        main(_finetune(data, "--strategy", "full", "--seeds", "1", "--out", f"{out}/", "--num-workers", "0"))
         == 0
     )
     assert main(_finetune(data, "--strategy", "frozen", "--seeds", "0", "--out", str(out))) == 0

@@ -326,7 +326,7 @@ def merge_config(cls: type, *layers: dict[str, Any]):
         train = layer.get("train") if isinstance(layer.get("train"), dict) else {}
         if "lr" in train and layer.get("lrs") is None and merged.get("lrs"):
             merged["lrs"] = []  # one LR asked for over an earlier layer's LR search: the search is dropped
-        if merged.get("arms") and layer.get("arms") is None:
+        if isinstance(merged.get("arms"), list) and layer.get("arms") is None:
             merged["arms"] = _over_arms(merged["arms"], layer, train)
         for k, v in layer.items():
             if v is None:

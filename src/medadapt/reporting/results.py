@@ -183,7 +183,8 @@ def record_arm_configs(configs: Mapping[str, Mapping[str, Any]], out: StrPath) -
     with exclusive_lock(out):
         records = {}
         for name, config in configs.items():
-            path, new = out / name / "config.yaml", _plain(dict(config))
+            # ``out`` is where this record lies, however it was spelled (runs/x, ./runs/x/, an absolute path)
+            path, new = out / name / "config.yaml", _plain({k: v for k, v in config.items() if k != "out"})
             old = yaml.safe_load(path.read_text()) if path.exists() else None
             if isinstance(old, dict):
                 a, b = _result_keys(old), _result_keys(new)
@@ -377,7 +378,7 @@ def write_environment(info: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     """
     path = Path(out) / "env.json"
     new = dict(info)
-    path.parent.mkdir(parents=True, exist_ok=True)  # as in write_config
+    path.parent.mkdir(parents=True, exist_ok=True)  # as in write_run_config
     with exclusive_lock(out):
         old = json.loads(path.read_text()) if path.exists() else None
         if isinstance(old, dict):
