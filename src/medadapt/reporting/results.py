@@ -109,8 +109,9 @@ def write_yaml(obj: Any, path: StrPath) -> Path:
 
 #: Config keys that may differ between invocations writing one output folder: seeds run in parallel
 #: (``--seeds 0`` and ``--seeds 1`` into one ``--out``), ``--resume``, and settings that do not change a
-#: result (where the data lies, loader workers, how often checkpoints are written).
-_PER_INVOCATION = ("seeds", "resume", "data_root", "num_workers", "train.checkpoint_every")
+#: result (where the data lies, loader workers, how often checkpoints are written, how ``--out`` was spelled:
+#: runs/x, ./runs/x/ or an absolute path).
+_PER_INVOCATION = ("seeds", "resume", "out", "data_root", "num_workers", "train.checkpoint_every")
 
 
 def _result_keys(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,8 +184,7 @@ def record_arm_configs(configs: Mapping[str, Mapping[str, Any]], out: StrPath) -
     with exclusive_lock(out):
         records = {}
         for name, config in configs.items():
-            # ``out`` is where this record lies, however it was spelled (runs/x, ./runs/x/, an absolute path)
-            path, new = out / name / "config.yaml", _plain({k: v for k, v in config.items() if k != "out"})
+            path, new = out / name / "config.yaml", _plain(dict(config))
             old = yaml.safe_load(path.read_text()) if path.exists() else None
             if isinstance(old, dict):
                 a, b = _result_keys(old), _result_keys(new)
