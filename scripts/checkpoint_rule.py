@@ -33,7 +33,7 @@ from medadapt.training.checkpoint import CHECKPOINT_NAME
 from medadapt.training.loop import predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_table import mean_std  # noqa: E402
+from finetune_table import mean_std, selected_parts  # noqa: E402
 
 
 def seed_rows(
@@ -98,13 +98,15 @@ def run_rows(run: Path, data_root: str | None, names: list[str]) -> list[dict]:
 def _selected_lrs(run: Path) -> dict[tuple[str, str], str]:
     """``(arm, seed) -> "0.001"``: the LR each seed selected (``selected`` = ``lr=0.001;epoch=14``), as its
     folder ``lr0.001`` spells it."""
-    table = read_results(run / "results.csv") if (run / "results.csv").exists() else pd.DataFrame()
-    chosen = {}
-    for row in table[table["split"] == "test"].itertuples() if len(table) else []:
-        parts = dict(item.partition("=")[::2] for item in str(row.selected).split(";") if "=" in item)
-        if "lr" in parts:
-            chosen[(str(row.run), str(int(row.seed)))] = parts["lr"]
-    return chosen
+    if not (run / "results.csv").exists():
+        return {}
+    table = read_results(run / "results.csv")
+    test = table[table["split"] == "test"]
+    chosen = {
+        (str(r), str(int(s))): selected_parts(t).get("lr")
+        for r, s, t in zip(test["run"], test["seed"], test["selected"])
+    }
+    return {key: lr for key, lr in chosen.items() if lr is not None}
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:

@@ -85,14 +85,18 @@ def number(value: float, decimals: int = 1) -> str:
     return f"{value:,.{0 if float(value).is_integer() else decimals}f}"
 
 
+def selected_parts(text: object) -> dict[str, str]:
+    """``lr=0.001;epoch=14`` -> ``{"lr": "0.001", "epoch": "14"}`` (``{}`` for an empty cell)."""
+    if not isinstance(text, str):
+        return {}
+    return {key: value for key, _, value in (item.partition("=") for item in text.split(";") if item)}
+
+
 def selected_summary(values: Iterable[str]) -> str:
     """``lr=0.001;epoch=14`` per seed -> ``lr=0.001; epoch=14/9/17``: one value where constant across seeds."""
     parts: dict[str, list[str]] = {}
     for text in values:
-        if not isinstance(text, str):
-            continue
-        for item in filter(None, text.split(";")):
-            key, _, value = item.partition("=")
+        for key, value in selected_parts(text).items():
             parts.setdefault(key, []).append(value)
     cells = []
     for key, seen in parts.items():

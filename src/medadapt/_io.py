@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "exclusive_lock"]
+__all__ = ["atomic_write", "exclusive_lock", "folder_lock"]
 
 StrPath = str | os.PathLike
 log = logging.getLogger(__name__)
@@ -87,3 +87,12 @@ def exclusive_lock(path: StrPath) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def folder_lock(folder: StrPath) -> Iterator[Path]:
+    """:func:`exclusive_lock` on ``folder``, made first (a missing path would become a lock file); yields it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder):
+        yield folder

@@ -89,11 +89,15 @@ def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDat
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
     img_size = _image_size(cfg, splits["train"])
-    # an alias names whatever the catalogue says now; config.yaml keeps what this run built
-    address = {"backbone_address": resolve_alias(cfg.backbone)}
-    written = write_run_config({**cfg.to_dict(), **address, "img_size": img_size}, out)
+    written = write_run_config({**_recorded(cfg), "img_size": img_size}, out)
     write_environment(environment_info(seed=written["seeds"], device=str(device)), out)
     return out, device, splits, img_size
+
+
+def _recorded(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` as run records keep it, with ``backbone_address``: an alias names whatever the catalogue says
+    now, the record what this run built."""
+    return {**cfg.to_dict(), "backbone_address": resolve_alias(cfg.backbone)}
 
 
 def _image_size(cfg: RunConfig, train: MedicalDataset) -> int:
@@ -264,11 +268,8 @@ def finetune(
     """
     cfg = replace(config, **kwargs) if config is not None else FinetuneConfig(**kwargs)
     arms = cfg.arm_configs()
-    address = resolve_alias(cfg.backbone)
     # before anything is written: an arm's seeds trained with other settings would be pooled by its name
-    record_arm_configs(
-        {name: {**arm.to_dict(), "backbone_address": address} for name, arm in arms}, cfg.out_dir
-    )
+    record_arm_configs({name: _recorded(arm) for name, arm in arms}, cfg.out_dir)
     out, device, splits, img_size = _start_run(cfg)
     frames = []
     for name, arm in arms:

@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 
 from .._io import atomic_write
-from ..backbones._factory import resolve_alias
 from ..config import DistillConfig
 from ..data.base import MedicalDataset
 from ..errors import ConfigError, MedadaptError
@@ -63,15 +62,14 @@ def distill(
         >>> medadapt.distill(dataset="medmnist:breastmnist", teacher=["runs/v2_breast"],
         ...                  backbone="timm:resnet18", pretrained=False, seeds=[0, 1, 2])  # doctest: +SKIP
     """
-    from ..api import _finetune_one, _start_run
+    from ..api import _finetune_one, _recorded, _start_run
 
     cfg = replace(config, **kwargs) if config is not None else DistillConfig(**kwargs)
     arms: list[tuple[str, tuple[float, float] | None]] = [(STUDENT, None)] if cfg.baseline else []
     arms += [(arm_name(t, a), (t, a)) for t, a in cfg.grid()]
     # each arm's settings (its own t and alpha, not the grid's or the report's): a seed added later with
     # other settings is refused before anything runs, since results.csv pools an arm's seeds by its name
-    shared = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_ARM_SETTINGS}
-    shared["backbone_address"] = resolve_alias(cfg.backbone)
+    shared = {k: v for k, v in _recorded(cfg).items() if k not in _NOT_ARM_SETTINGS}
     student = {k: v for k, v in shared.items() if not k.startswith("teacher")}  # it learns from labels alone
     record_arm_configs({name: {**shared, "temperature": setting[0], "alpha": setting[1]} if setting else student
                         for name, setting in arms}, cfg.out_dir)  # fmt: skip

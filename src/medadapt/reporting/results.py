@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 from numpy.typing import ArrayLike
 
-from .._io import atomic_write, exclusive_lock
+from .._io import atomic_write, folder_lock
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,12 @@ def _result_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _differing(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The keys (``train.lr`` flattened) where two configs differ, other than the per-invocation ones."""
+    a, b = _result_keys(old), _result_keys(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _keep_earlier(config: dict[str, Any], out: Path) -> Path:
     """Append ``config`` (being replaced) to ``out/config.earlier.yaml``, a list, oldest first."""
     earlier = out / "config.earlier.yaml"
@@ -143,8 +149,7 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     out = Path(out)
     path = out / "config.yaml"
     new = _plain(dict(config))
-    out.mkdir(parents=True, exist_ok=True)  # before the lock, which would make a missing path a lock file
-    with exclusive_lock(out):
+    with folder_lock(out):
         old = yaml.safe_load(path.read_text()) if path.exists() else None
         if isinstance(old, dict) and "backbone_address" in new and "backbone_address" not in old:
             # written before config.yaml recorded the address: a backbone given as an address is its own;
@@ -154,8 +159,7 @@ def write_run_config(config: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
         if isinstance(old, dict) and not ("seeds" in old and "seeds" in new) and old != new:
             _keep_earlier(old, out)
         if isinstance(old, dict) and "seeds" in old and "seeds" in new:
-            a, b = _result_keys(old), _result_keys(new)
-            differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            differ = _differing(old, new)
             if differ:
                 earlier = _keep_earlier(old, out)
                 log.warning(
@@ -180,16 +184,15 @@ def record_arm_configs(configs: Mapping[str, Mapping[str, Any]], out: StrPath) -
     (seeds, where the data lies, ...) may differ, and the seeds are gathered.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out):
+    with folder_lock(out):
         records = {}
         for name, config in configs.items():
             path, new = out / name / "config.yaml", _plain(dict(config))
             old = yaml.safe_load(path.read_text()) if path.exists() else None
             if isinstance(old, dict):
-                a, b = _result_keys(old), _result_keys(new)
-                differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                differ = _differing(old, new)
                 if differ:
+                    a, b = _result_keys(old), _result_keys(new)
                     changes = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in differ)
                     raise ConfigError(
                         f"arm {name!r} in {out} was trained with other settings ({changes}); results.csv "
@@ -198,7 +201,6 @@ def record_arm_configs(configs: Mapping[str, Mapping[str, Any]], out: StrPath) -
                 new["seeds"] = sorted({*old.get("seeds", []), *new.get("seeds", [])})
             records[path] = new
         for path, new in records.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
             write_yaml(new, path)
 
 
@@ -265,8 +267,7 @@ def write_results(rows: Iterable[Mapping[str, Any]], path: StrPath, *, replace: 
     missing = [c for c in ("metric", "value", *replace) if len(new) and c not in new.columns]
     if missing:
         raise ConfigError(f"result rows lack the {missing} columns; build them with results_rows()")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(path.parent):
+    with folder_lock(path.parent):
         old = read_results(path) if path.exists() else new.iloc[:0]
         if replace and len(old) and len(new):
             keys = {tuple(str(v) for v in k) for k in new[list(replace)].itertuples(index=False)}
@@ -378,8 +379,7 @@ def write_environment(info: Mapping[str, Any], out: StrPath) -> dict[str, Any]:
     """
     path = Path(out) / "env.json"
     new = dict(info)
-    path.parent.mkdir(parents=True, exist_ok=True)  # as in write_run_config
-    with exclusive_lock(out):
+    with folder_lock(out):
         old = json.loads(path.read_text()) if path.exists() else None
         if isinstance(old, dict):
             earlier = list(old.get("earlier", []))
