@@ -40,7 +40,7 @@ def test_probe_writes_tidy_results_predictions_config_env(env, capsys):
         assert col in table.columns
     assert set(table["pretrained"]) == {"random-init"}
     for split in ("val", "test"):
-        pred = load_predictions(out / "predictions" / f"{split}_seed0.npz")
+        pred = load_predictions(out / "linear" / "seed0" / "predictions" / f"{split}.npz")
         assert pred["labels"].shape == (16, 1) and pred["scores"].shape == (16, 2)
         recorded = table.query("split == @split and metric == 'auc'")["value"].item()
         assert recorded == pytest.approx(auc("binary", pred["labels"], pred["scores"]), abs=1e-12)
@@ -57,17 +57,33 @@ def test_config_records_the_address_an_alias_named(env):
     written = yaml.safe_load((out / "config.yaml").read_text())
     address = "timm:resnet18?stem=cifar&init=torch"
     assert written["backbone"] == "resnet18_28" and written["backbone_address"] == address
-    assert read_info(out / "models" / "seed0").backbone == address  # the saved model rebuilds what ran
+    assert read_info(out / "linear" / "seed0").backbone == address  # the saved model rebuilds what ran
 
 
 def test_seeds_run_as_processes_into_one_out_keep_their_predictions_and_rows(env):
     out = env / "split"
     for seed in ("0", "1", "1"):  # seed 1 twice: a rerun replaces its rows
         assert main(_probe(env, "--out", str(out), "--lrs", "1e-3", "--seeds", seed)) == 0
-    assert {p.name for p in (out / "predictions").iterdir()} == {f"{s}_seed{i}.npz" for s in ("val", "test")
-                                                                 for i in (0, 1)}  # fmt: skip
+    for seed in (0, 1):
+        assert {p.name for p in (out / "linear" / f"seed{seed}" / "predictions").iterdir()} == {
+            "val.npz",
+            "test.npz",
+        }
     table = pd.read_csv(out / "results.csv").query("split == 'test' and metric == 'auc'")
     assert sorted(table["seed"]) == [0, 1]
+
+
+def test_heads_probed_into_one_out_keep_their_own_predictions(env):
+    out = env / "heads"
+    assert main(_probe(env, "--out", str(out), "--lrs", "1e-3")) == 0
+    linear = load_predictions(out / "linear" / "seed0" / "predictions" / "test.npz")["scores"]
+    assert main(_probe(env, "--out", str(out), "--head", "knn", "--ks", "3")) == 0
+    np.testing.assert_array_equal(load_predictions(out / "linear" / "seed0" / "predictions" / "test.npz")["scores"],
+                                  linear)  # fmt: skip
+    knn = load_predictions(out / "knn" / "seed0" / "predictions" / "test.npz")["scores"]
+    assert not np.array_equal(knn, linear)
+    table = pd.read_csv(out / "results.csv").query("split == 'test' and metric == 'auc'")
+    assert sorted(table["head"]) == ["knn", "linear"]
 
 
 def test_second_identical_run_uses_the_feature_cache(env):
@@ -84,7 +100,7 @@ def test_second_identical_run_uses_the_feature_cache(env):
 def test_other_heads(env, head):
     out = env / head
     assert main(_probe(env, "--head", head, "--out", str(out), "--ks", "3", "5")) == 0
-    assert (out / "predictions" / "test_seed0.npz").exists()
+    assert (out / head / "seed0" / "predictions" / "test.npz").exists()
 
 
 def test_several_seeds_and_yaml_config_with_flag_override(env):
@@ -94,7 +110,7 @@ def test_several_seeds_and_yaml_config_with_flag_override(env):
     assert main(_probe(env, "--config", str(cfg), "--out", str(out))) == 0  # --epochs 3 overrides 99
     table = pd.read_csv(out / "results.csv")
     assert sorted(table["seed"].unique()) == [0, 1] and set(table["head"]) == {"knn"}
-    assert (out / "predictions" / "test_seed1.npz").exists()
+    assert (out / "knn" / "seed1" / "predictions" / "test.npz").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 3
 
 

@@ -279,7 +279,7 @@ def test_distill_from_a_backbone_teacher_end_to_end(tmp_path, monkeypatch, capsy
     assert "Paired across seeds" in (out / "comparison.md").read_text()
     assert "Teacher soft targets" in (out / "comparison.md").read_text()
     assert set(pd.read_csv(out / "teacher_targets.csv")["t"]) == {1.0, 4.0}
-    assert (out / "teacher" / "models" / "seed1" / "model.json").is_file()  # the probe teacher, per seed
+    assert (out / "teacher" / "linear" / "seed1" / "model.json").is_file()  # the probe teacher, per seed
     printed = capsys.readouterr().out
     assert "student alone" in printed and "figures:" in printed
     # the saved probe teacher is reused only when it is the one asked for

@@ -67,8 +67,9 @@ def probe(
 ) -> pd.DataFrame:
     """Frozen-backbone probe: extract (cached) features, train the head grid, report val and test metrics.
 
-    Writes ``out/results.csv``, ``out/predictions/{val,test}_seed{S}.npz``, ``out/config.yaml`` and
-    ``out/env.json``; returns this run's rows of the results table.
+    Writes ``out/results.csv``, ``out/HEAD/seedS/predictions/{val,test}.npz`` and the model
+    ``out/HEAD/seedS/model.*`` (the layout of a finetune arm, so heads probed into one ``--out`` keep their
+    files apart), ``out/config.yaml`` and ``out/env.json``; returns this run's rows of the results table.
     """
     cfg = replace(config, **kwargs) if config is not None else ProbeConfig(**kwargs)
     out, device, splits, img_size = _start_run(cfg)
@@ -80,6 +81,12 @@ def probe(
         write_results(rows, out / "results.csv", replace=("run", "head", "seed"))
         frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)
+
+
+def probe_dir(out: Path, head: str, seed: int) -> Path:
+    """Where a probe keeps one (head, seed)'s predictions and model: per head and per seed, as finetune arms do,
+    so neither another head nor a seed run as its own process into the same ``--out`` overwrites them."""
+    return Path(out) / head / f"seed{seed}"
 
 
 def _start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalDataset], int]:
@@ -164,18 +171,18 @@ def _probe_one_seed(
         selected=";".join(f"{k}={v}" for k, v in result.best.items()),
     )
     rows: list[dict[str, Any]] = []
+    run_dir = probe_dir(out, cfg.head, seed)
     for split in ("val", "test"):
         fs = feats[split]
         scores = result.predict(fs)
-        # per seed always: seeds run as one process each into one --out would overwrite one name
-        save_predictions(out, f"{split}_seed{seed}", labels=fs.labels, scores=scores)
+        save_predictions(run_dir, split, labels=fs.labels, scores=scores)
         rows += results_rows(metrics=compute_metrics(train.task, fs.labels, scores), split=split, **ids)
     if result.head_name != "knn":  # a kNN head is its training features: nothing to reload as a model
         model = build_classifier(backbone, cfg.head, train.num_outputs, **cfg.head_kwargs)
         model.head.load_state_dict(result.head.state_dict())
         info = _model_info(cfg, model, train, preprocess, img_size=img_size, seed=seed, strategy="frozen",
                            stored="head" if backbone.spec.pretrained else "model")  # fmt: skip
-        save_classifier(out / "models" / f"seed{seed}", model, info)
+        save_classifier(run_dir, model, info)
     n_images = sum(len(fs) for fs in feats.values())
     cost = {
         "backbone_params": sum(p.numel() for p in backbone.parameters()),

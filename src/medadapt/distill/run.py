@@ -145,16 +145,17 @@ def _teacher_for_seed(cfg, seed, splits, out, device, teachers, show_progress):
 
 def _train_probe_teacher(cfg: DistillConfig, seed: int, out: Path, show_progress: bool) -> Path:
     """Frozen backbone + linear probe (the MedAlmighty teacher), trained by ``medadapt probe`` into ``out/teacher``."""
-    from ..api import probe
+    from ..api import probe, probe_dir
     from ..config import ProbeConfig, RunConfig
 
     where = out / TEACHER
-    model_dir = where / "models" / f"seed{seed}"
+    head = "linear"  # the MedAlmighty teacher
+    model_dir = probe_dir(where, head, seed)
     if (model_dir / "model.json").is_file():
         _check_saved_teacher(cfg, model_dir)
     else:
         shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(RunConfig)}  # data, device, ...
-        teacher = dict(backbone=cfg.teacher[0], out=str(where), head="linear", head_kwargs={}, seeds=[seed],
+        teacher = dict(backbone=cfg.teacher[0], out=str(where), head=head, head_kwargs={}, seeds=[seed],
                        img_size=cfg.teacher_img_size or cfg.img_size, channel_mode=cfg.teacher_channel_mode,
                        pretrained=cfg.teacher_pretrained, weights=cfg.teacher_weights)  # fmt: skip
         try:
