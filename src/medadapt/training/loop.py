@@ -346,6 +346,9 @@ def predict(
 ) -> np.ndarray:
     """Scores ``[N, C]`` (probabilities, row-aligned with ``ds``) of ``model`` on ``ds``.
 
+    Like ``nn.Module.to``, this moves ``model`` itself to ``device`` (a CNN on the CPU goes channels-last) and
+    leaves it in eval mode; copying it first would double the memory of a large model.
+
     Example:
         >>> scores = predict(res.model, test_ds, preprocess=prep, device="cuda")  # doctest: +SKIP
     """
