@@ -64,6 +64,18 @@ def test_resume_of_a_finished_run_reports_the_same_numbers(data):
     assert (again == first).all()  # the resumed run's rows replace the first run's, with the same values
 
 
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_finished_run_without_its_checkpoint_is_not_trained_over(data, capsys, resume):
+    out = data / "deleted"
+    assert main(_finetune(data, "--strategy", "full", "--out", str(out))) == 0
+    seed_dir = out / "full-linear" / "seed0"
+    saved = (seed_dir / "model.safetensors").read_bytes()
+    (seed_dir / "checkpoint.pt").unlink()  # e.g. to save disk space
+    assert main(_finetune(data, "--strategy", "full", "--out", str(out), *resume)) == 2
+    assert "holds a finished model" in capsys.readouterr().err
+    assert (seed_dir / "model.safetensors").read_bytes() == saved
+
+
 def test_a_seed_with_other_settings_is_refused_before_it_trains(data, capsys):
     """An arm's seeds are pooled by its name in results.csv: a seed trained otherwise would be averaged in."""
     out = data / "pooled"

@@ -25,7 +25,7 @@ from .backbones._factory import resolve_alias
 from .config import FinetuneConfig, ProbeConfig, RunConfig
 from .data import SPLITS, MedicalDataset, load_dataset
 from .data.transforms import Preprocess
-from .errors import BadRowsError
+from .errors import BadRowsError, ConfigError
 from .evaluation.metrics import compute_metrics
 from .features import FeatureSet, extract_features
 from .reporting.results import (
@@ -37,7 +37,7 @@ from .reporting.results import (
     write_results,
     write_run_config,
 )
-from .saved import ModelInfo, save_classifier, weights_path
+from .saved import MODEL_FILE, ModelInfo, save_classifier, weights_path
 from .strategies import build_classifier
 from .training.probe import train_probe
 
@@ -306,9 +306,10 @@ def _finetune_one(
 
     train, val, test = splits["train"], splits["val"], splits["test"]
     lrs = cfg.lrs or [cfg.train.get("lr", TrainConfig.lr)]
+    wheres = {lr: run_dir / f"lr{lr:g}" if len(cfg.lrs) > 1 else run_dir for lr in lrs}
+    _refuse_finished_without_checkpoints(run_dir, list(wheres.values()))
     best = best_record = None
-    for lr in lrs:
-        where = run_dir / f"lr{lr:g}" if len(cfg.lrs) > 1 else run_dir
+    for lr, where in wheres.items():
         fitted = _fit_one(cfg, splits, lr=lr, seed=seed, img_size=img_size, device=device, run_dir=where,
                           desc=f"{name} (seed {seed}, lr {lr:g})" if show_progress else None, objective=objective)  # fmt: skip
         record = {"val_auc": fitted[0].best_val_auc, "val_loss": fitted[0].best_val_loss}
@@ -339,6 +340,21 @@ def _finetune_one(
                        stored="model")  # fmt: skip
     save_classifier(run_dir, strategy.export(result.model), info)
     return rows + results_rows(metrics=result.cost, split="cost", **ids)
+
+
+def _refuse_finished_without_checkpoints(run_dir: Path, wheres: list[Path]) -> None:
+    """A finished run's checkpoints are what ``--resume`` reports it from; without them, training again would
+    replace its saved model and predictions. (The model is saved after the last checkpoint, so a saved model
+    without one means the checkpoint was deleted, not that the run was killed.)"""
+    from .training.checkpoint import CHECKPOINT_NAME
+
+    missing = [str(w / CHECKPOINT_NAME) for w in wheres if not (w / CHECKPOINT_NAME).is_file()]
+    if (run_dir / MODEL_FILE).is_file() and missing:
+        raise ConfigError(
+            f"{run_dir} holds a finished model ({MODEL_FILE}) but not {', '.join(missing)}, so it can neither be "
+            f"resumed nor reported again; to train it again, delete {run_dir}; to add seeds, pass only the new "
+            "ones to --seeds; or use another --out"
+        )
 
 
 def _fit_one(cfg: FinetuneConfig, splits, *, lr: float, seed: int, img_size: int, device: torch.device,
