@@ -276,3 +276,10 @@ def test_lr_search_keeps_the_best_lr_by_the_runs_rule(data):
 def test_pretrained_flag_undoes_a_presets_random_init():
     assert _preset_config("medmnist_v2").pretrained is False
     assert _preset_config("medmnist_v2", "--strategy", "full", "--pretrained").pretrained is True
+
+
+def test_help_names_values_without_the_config_prefix(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    assert "--lr LR" in text and "--epochs EPOCHS" in text and "TRAIN." not in text

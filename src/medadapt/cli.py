@@ -28,7 +28,7 @@ def _add_run_flags(p: argparse.ArgumentParser, *, heads: list[str]) -> None:
     p.add_argument(
         "--backbone", help="backbone address or catalogue name, e.g. timm:vit_small_patch14_dinov2.lvd142m"
     )
-    p.add_argument("--head", choices=heads)
+    p.add_argument("--head", choices=heads, help="head on the backbone's output (default: linear)")
     p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
     p.add_argument(
@@ -46,12 +46,12 @@ def _add_run_flags(p: argparse.ArgumentParser, *, heads: list[str]) -> None:
                       help="random initialisation (recorded in the results)")  # fmt: skip
     init.add_argument("--pretrained", dest="pretrained", action="store_const", const=True, default=None,
                       help="pretrained weights (the default), over a preset's or config's pretrained: false")  # fmt: skip
-    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default: 0)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--no-autocast", dest="autocast", action="store_const", const=False, default=None,
-                   help="run in fp32 instead of bf16 autocast")  # fmt: skip
+                   help="float32 throughout (default: bf16 autocast where the hardware has native bf16)")  # fmt: skip
     p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-workers", type=int, help="data-loading processes (default: 0, in the main process)")
     p.add_argument("--skip-bad-rows", action="store_const", const=True, default=None,
                    help="drop unreadable / unlabelled rows of a CSV dataset and report how many")  # fmt: skip
     p.add_argument("--out", help="output directory")
@@ -175,7 +175,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_const", const=True, default=None,
                    help="continue from the checkpoints in --out")  # fmt: skip
-    for name, kwargs in _TRAIN_FLAGS.items():
+    for name, kwargs in _TRAIN_FLAGS.items():  # a value's metavar without the "train." of the dest
+        kwargs = kwargs if "action" in kwargs else {"metavar": name.upper(), **kwargs}
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"train.{name}", **kwargs)
 
 
