@@ -86,6 +86,20 @@ def test_heads_probed_into_one_out_keep_their_own_predictions(env):
     assert sorted(table["head"]) == ["knn", "linear"]
 
 
+def test_a_probe_seed_with_other_settings_is_refused_before_it_runs(env, capsys):
+    out = env / "record"
+    assert main(_probe(env, "--out", str(out), "--lrs", "1e-3")) == 0
+    assert main(_probe(env, "--out", str(out), "--lrs", "1e-2", "--seeds", "1")) == 2
+    assert "arm 'linear'" in capsys.readouterr().err and not (out / "linear" / "seed1").exists()
+    # another head is another arm; a kNN head has no LR grid, so --lrs does not count for it
+    assert main(_probe(env, "--out", str(out), "--head", "knn", "--ks", "3", "--lrs", "1e-3")) == 0
+    assert (
+        main(_probe(env, "--out", str(out), "--head", "knn", "--ks", "3", "--lrs", "1e-2", "--seeds", "1"))
+        == 0
+    )
+    assert yaml.safe_load((out / "knn" / "config.yaml").read_text())["seeds"] == [0, 1]
+
+
 def test_second_identical_run_uses_the_feature_cache(env):
     assert main(_probe(env, "--out", str(env / "a"))) == 0
     entries = sorted(p.name for p in (env / "cache").iterdir() if not p.name.startswith("."))

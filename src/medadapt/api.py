@@ -72,6 +72,8 @@ def probe(
     files apart), ``out/config.yaml`` and ``out/env.json``; returns this run's rows of the results table.
     """
     cfg = replace(config, **kwargs) if config is not None else ProbeConfig(**kwargs)
+    # before anything is written: seeds of this head probed with other settings would be pooled by results.csv
+    record_arm_configs({cfg.head: _probe_record(cfg)}, cfg.out_dir)
     out, device, splits, img_size = _start_run(cfg)
     frames = []
     for seed in cfg.seeds:
@@ -81,6 +83,13 @@ def probe(
         write_results(rows, out / "results.csv", replace=("run", "head", "seed"))
         frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)
+
+
+def _probe_record(cfg: ProbeConfig) -> dict[str, Any]:
+    """The settings a probe head's results depend on: a kNN head has no LR grid, the others no k grid, and
+    where features are cached and in what batches they are extracted change no result."""
+    unused = ("lrs", "epochs", "batch_size", "weight_decay") if cfg.head == "knn" else ("ks",)
+    return {k: v for k, v in _recorded(cfg).items() if k not in {*unused, "cache_dir", "extract_batch_size"}}
 
 
 def probe_dir(out: Path, head: str, seed: int) -> Path:
