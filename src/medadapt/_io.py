@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import stat
@@ -45,6 +46,12 @@ def atomic_write(path: StrPath, data: bytes | str | Callable[[BinaryIO], None]) 
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def leftover_temporaries(path: StrPath) -> list[Path]:
+    """Temporary files of :func:`atomic_write` for ``path`` that a process killed mid-write left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def _fsync_dir(directory: Path) -> None:

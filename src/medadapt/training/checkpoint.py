@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,11 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write
+from .._io import atomic_write, leftover_temporaries
 from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess
 from ..errors import ConfigError
 from ..features.cache import state_digest
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -90,6 +93,12 @@ def checkpoint_path(out_dir: str | os.PathLike | None, *, resume: bool) -> Path 
             f"{str(path)!r} exists: a run was already started in {str(path.parent)!r}. Pass --resume to "
             "continue it, use a new --out, or remove the checkpoint to start over."
         )
+    if (
+        resume
+    ):  # a process killed while writing a checkpoint left its temporary file, as large as a checkpoint
+        for stale in leftover_temporaries(path):
+            log.info("removing %s, left by a killed checkpoint write", stale)
+            stale.unlink(missing_ok=True)
     return path
 
 
