@@ -10,6 +10,7 @@ from medadapt.cli import main
 from medadapt.config import FinetuneConfig, load_preset, merge_config, preset_names
 from medadapt.errors import ConfigError
 from medadapt.reporting.results import load_predictions
+from medadapt.training import TrainConfig
 
 TINY_VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2"
 
@@ -207,8 +208,15 @@ def test_medmnist_v2_preset_is_the_official_protocol():
     p = load_preset("medmnist_v2")
     assert p["backbone"] == "resnet18_28" and p["strategy"] == "scratch" and p["channel_mode"] == "repeat"
     assert p["train"] == {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 100,
-                          "schedule": "multistep", "milestones": [50, 75], "gamma": 0.1, "augment": "none",
+                          "schedule": "multistep", "gamma": 0.1, "augment": "none",
                           "select_on": "val_auc_first"}  # fmt: skip
+    # no milestones in the preset: 50% and 75% of the epochs, as the official code computes them
+    assert TrainConfig(**p["train"]).milestones == [50, 75]
+
+
+def test_medmnist_v2_milestones_follow_epochs():
+    """The official code puts its LR drops at 50% and 75% of the epochs, so a shorter preset run keeps them."""
+    assert TrainConfig(**_preset_config("medmnist_v2", "--epochs", "20").train).milestones == [10, 15]
 
 
 def test_medmnist_plus_preset_follows_the_reference_code():
