@@ -23,7 +23,8 @@ Target: medadapt >= 5x faster per epoch (the verdict uses CPU time on CPU, wall 
 not native (medadapt's autocast then stays off) both run the same fp32 ResNet-18; medadapt saves the
 per-image PIL work and the train/test evaluations, which bounds the speed-up well below 5x. Where bf16 is
 native, medadapt's bf16 training pass bounds it: the official epoch / that pass is printed too (on a 2-core
-Intel Xeon with AMX, a 28-px ResNet-18 training pass runs 2.3x to 2.5x faster in bf16 than in fp32, and the bound is ~3.4x).
+Intel Xeon with AMX, a 28-px ResNet-18 training pass runs 2.3x to 2.5x faster in bf16 than in fp32, and the
+bound is ~3.4x).
 
 ``--explore`` instead times cheap wins for medadapt's step on this machine (same model, real images, one
 train step of ``--batch-size`` and an eval pass over 2 x ``--batch-size`` images per variant, interleaved,
