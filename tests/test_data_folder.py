@@ -217,7 +217,7 @@ def test_one_error_lists_the_bad_rows_of_every_split(tmp_path: Path, monkeypatch
     assert "split 'train'" in message and "gone1.png" in message
     assert "split 'test'" in message and "gone2.png" in message and "split 'val'" not in message
     # any other error (a missing file, a download) is the same for every split: raised at the first
-    import medadapt.api
+    import medadapt.driver.base
 
     calls = []
 
@@ -225,7 +225,7 @@ def test_one_error_lists_the_bad_rows_of_every_split(tmp_path: Path, monkeypatch
         calls.append(args)
         return load_dataset(*args, **kwargs)
 
-    monkeypatch.setattr(medadapt.api, "load_dataset", counted)
+    monkeypatch.setattr(medadapt.driver.base, "load_dataset", counted)
     with pytest.raises(DataError, match="does not exist"):
         load_splits(SimpleNamespace(dataset=f"csv:{tmp_path / 'none.csv'}", data_root=None, skip_bad_rows=False,
                                     size=None))  # fmt: skip

@@ -21,14 +21,16 @@ __all__ = ["main"]
 log = logging.getLogger("medadapt")
 
 
-def _add_run_flags(p: argparse.ArgumentParser, *, heads: list[str]) -> None:
+def _add_run_flags(p: argparse.ArgumentParser, *, heads: str) -> None:
     """Flags every run shares (data, backbone, input, seeds, device, output)."""
     p.add_argument("--config", help="YAML file of settings (flags override it)")
     p.add_argument("--dataset", help="dataset address, e.g. medmnist:breastmnist or csv:/data/labels.csv")
     p.add_argument(
         "--backbone", help="backbone address or catalogue name, e.g. timm:vit_small_patch14_dinov2.lvd142m"
     )
-    p.add_argument("--head", choices=heads, help="head on the backbone's output (default: linear)")
+    p.add_argument(
+        "--head", help=f"head on the backbone's output: {heads} (medadapt list heads; default: linear)"
+    )
     p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
     p.add_argument(
@@ -63,7 +65,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         help="frozen backbone + linear / attention / kNN probe",
         description="Extract frozen features once (cached), train a grid of probes, report val/test metrics.",
     )
-    _add_run_flags(p, heads=["linear", "attention", "knn"])
+    _add_run_flags(p, heads="any head")
     p.add_argument("--lrs", type=float, nargs="+", help="LR grid trained in one pass (default 1e-3 ... 1e-5)")
     p.add_argument("--ks", type=int, nargs="+", help="k grid for the kNN head")
     p.add_argument("--epochs", type=int)
@@ -113,7 +115,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune with a strategy (full, differential, llrd, unfreeze, lora, ...) or a protocol "
         "preset; every epoch is checkpointed, --resume continues a killed run.",
     )
-    _add_run_flags(p, heads=["linear", "attention"])
+    _add_run_flags(p, heads="a trainable head")
     _add_training_flags(p)
     p.set_defaults(func=_run_finetune)
 
@@ -126,7 +128,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         "student)) side by side over seeds; report teacher / student / distilled with a paired test, the "
         "ablation grid, t-SNE and Grad-CAM figures.",
     )
-    _add_run_flags(p, heads=["linear", "attention"])
+    _add_run_flags(p, heads="a trainable head")
     p.add_argument(
         "--student", dest="backbone", help="the student's backbone address (default timm:resnet18)"
     )
@@ -359,16 +361,126 @@ def _list_backbones(pattern: str) -> list[str]:
 
 
 def _list_datasets(pattern: str) -> list[str]:
+    """Every dataset kind's addresses (its ``examples`` in the registry, else ``KIND:LOCATION``)."""
     import fnmatch
 
-    from .data.medmnist import flags
+    from .data import DATASETS
 
-    names = [f"medmnist:{f}" for f in flags()] + ["csv:PATH.csv", "folder:DIR"]
+    names = [
+        n
+        for kind in DATASETS
+        for n in DATASETS.meta(kind).get("examples", lambda k=kind: [f"{k}:LOCATION"])()
+    ]
     return [
         n
         for n in names
         if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(":", 1)[1], pattern)
     ]
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="run a grid: datasets x backbones x methods x seeds x folds, resumable, locally or on SLURM",
+        description="Run every cell of a grid file (medadapt benchmark GRID.yaml --out DIR), each in its own folder, "
+        "results in DIR/benchmark.sqlite and DIR/results.csv; the same command after a kill continues. "
+        "'medadapt benchmark status DIR' reports where a grid stands.",
+    )
+    p.add_argument("grid", metavar="GRID.yaml", help="the grid file (or the word status, then DIR)")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="with status: the grid's output folder")
+    p.add_argument("--out", help="output folder of the grid (default: runs/GRID_NAME)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells, the backbone passes they need and which are done; run nothing")  # fmt: skip
+    p.add_argument("--executor", help="local (default) or slurm (through submitit)")
+    p.add_argument("--workers", type=int,
+                   help="local: worker processes, CPU threads divided between them (0: in this process; default 1, "
+                   "on GPUs one per device)")  # fmt: skip
+    p.add_argument("--retry-failed", action="store_true", help="run the cells that failed again")
+    p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
+    p.add_argument(
+        "--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (over the grid file's settings)")
+    slurm = p.add_argument_group("slurm executor (over the grid file's executor: mapping)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--gpus", type=int, help="GPUs per job")
+    slurm.add_argument("--cpus", type=int, help="CPUs per job")
+    slurm.add_argument("--mem-gb", type=int, dest="mem_gb")
+    slurm.add_argument(
+        "--time", type=int, help="time limit per job in minutes (a job reaching it is requeued)"
+    )
+    slurm.add_argument(
+        "--array-parallelism", type=int, dest="array_parallelism", help="jobs of the array at once"
+    )
+    slurm.add_argument("--account")
+    slurm.add_argument("--qos")
+    p.set_defaults(func=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import grid_status, load_grid, plan, run_benchmark
+
+    if args.grid == "status":
+        if not args.dir:
+            raise ConfigError(
+                "medadapt benchmark status needs the grid's folder: medadapt benchmark status DIR"
+            )
+        lines, _ = grid_status(args.dir)
+        print("\n".join(lines))
+        return 0
+    if args.dir:
+        raise ConfigError(f"unexpected argument {args.dir!r}; give the output folder with --out")
+    overrides = {"data_root": args.data_root, "cache_dir": args.cache_dir, "device": args.device}
+    out = args.out or f"runs/{load_grid(args.grid, overrides=overrides).name}"
+    if args.dry_run:
+        print("\n".join(plan(args.grid, out, overrides=overrides).lines()))
+        return 0
+    options = {k: getattr(args, k) for k in ("partition", "gpus", "cpus", "mem_gb", "time", "array_parallelism",
+                                             "account", "qos")}  # fmt: skip
+    summary = run_benchmark(args.grid, out, executor=args.executor, workers=args.workers, retry_failed=args.retry_failed,
+                            overrides=overrides, executor_options=options, show_progress=True)  # fmt: skip
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
+    print(f"{out}: {counts}; results: {summary.results}")
+    for key, error in summary.failed.items():
+        print(f"failed: {key}: {error.splitlines()[0] if error else ''}", file=sys.stderr)
+    if summary.failed:
+        print(f"medadapt: {len(summary.failed)} cell(s) failed (errors in their error.json); rerun with "
+              "--retry-failed to run them again", file=sys.stderr)  # fmt: skip
+    return 0 if summary.ok else 1
+
+
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="leaderboard of a grid or run folder: mean ± std over seeds x folds, with cost",
+                       description="Per dataset x backbone x method: mean ± std of the chosen metrics over seeds x "
+                       "folds, with trainable parameters, peak memory and wall time; written as CSV, Markdown "
+                       "and LaTeX (booktabs) next to the results.")  # fmt: skip
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="grid / run folders (or results CSV files)")
+    p.add_argument("--metrics", nargs="+", default=["auc", "acc"], help="metrics to show (default: auc acc)")
+    p.add_argument("--split", default="test", help="split to rank on (default: test)")
+    p.add_argument("--out", help="where to write leaderboard.{csv,md,tex} (default: the first DIR)")
+    p.set_defaults(func=_run_results)
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .benchmark import Store
+    from .reporting.leaderboard import leaderboard, write_leaderboard
+    from .reporting.results import read_results
+
+    tables = []
+    for d in args.dirs:
+        store = Store(d)
+        tables.append(store.results() if store.exists() else read_results(d))
+    board = leaderboard(pd.concat(tables, ignore_index=True), metrics=args.metrics, split=args.split)
+    first = Path(args.dirs[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent)
+    paths = write_leaderboard(board, out, metrics=args.metrics)
+    print(paths["md"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(sub)
     _add_finetune(sub)
     _add_distill(sub)
+    _add_benchmark(sub)
+    _add_results(sub)
     return parser
 
 

@@ -32,7 +32,6 @@ __all__ = [
     "preset_names",
 ]
 
-HEAD_NAMES = ("linear", "attention", "knn")
 #: What an entry of ``arms`` may set; everything else (data, backbone, image size, seeds) the arms share.
 ARM_KEYS = ("name", "strategy", "head", "strategy_options", "head_kwargs", "train", "lrs")
 #: Arm keys that a later layer (``--config``, flags) may not change under arms that set them: the arm's name
@@ -42,6 +41,13 @@ _ARM_IDENTITY = {"strategy": "--strategy", "head": "--head", "strategy_options":
 #: How a saved teacher meets the student's seeds: every model found as one ensemble, or the models of the
 #: student's seed.
 TEACHER_PAIRINGS = ("ensemble", "seed")
+
+
+def _heads(*, trainable: bool = False) -> list[str]:
+    """Head names from the registry (``trainable``: those a fine-tuning run can train, not kNN)."""
+    from .heads import HEADS
+
+    return [n for n in HEADS if not trainable or HEADS.get(n).trainable]
 
 
 def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
@@ -136,10 +142,18 @@ class ProbeConfig(RunConfig):
     weight_decay: float = 1e-4
     extract_batch_size: int = 64
     cache_dir: str | None = None
+    #: the seed the backbone is drawn from (a random init differs per seed); ``None``: the run's seed
+    backbone_seed: int | None = None
+    #: extract patch tokens for any head (a grid does, so a linear and an attention probe share one extraction)
+    with_tokens: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice(self.head, HEAD_NAMES, "--head")
+        choice(self.head, tuple(_heads()), "--head")
+        if self.backbone_seed is not None and (
+            not isinstance(self.backbone_seed, int) or self.backbone_seed < 0
+        ):
+            raise ConfigError(f"backbone_seed must be a non-negative integer, got {self.backbone_seed!r}")
         _kinds(self, lists=("lrs", "ks"))
         for name in ("epochs", "batch_size", "extract_batch_size"):
             _positive(getattr(self, name), f"--{name.replace('_', '-')}")
@@ -169,7 +183,7 @@ class FinetuneConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice(self.head, ("linear", "attention"), "--head")
+        choice(self.head, tuple(_heads(trainable=True)), "--head")
         from .strategies import STRATEGIES
         from .training.loop import TrainConfig
 

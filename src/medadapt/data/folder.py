@@ -482,7 +482,7 @@ def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -
     keep = in_split.copy()
     keep[list(errors)] = False
     idx = np.flatnonzero(keep)
-    return ImageFileDataset(
+    ds = ImageFileDataset(
         name=name,
         split=split,
         task=rows.task,
@@ -493,6 +493,10 @@ def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -
         metadata=rows.table.iloc[idx].reset_index(drop=True),
         skipped=list(errors.items()),
     )
+    ds.patient_col = (
+        opts.patient_col or "patient_id"
+    )  # the metadata column of patient ids (folds group by it)
+    return ds
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -518,6 +522,10 @@ def _make_loader(kind: str, options: tuple[str, ...], make_rows) -> Callable[...
 
 
 #: ``load_dataset("csv:/data/labels.csv?task=multilabel", "train")``
-load_csv = DATASETS.register("csv", _make_loader("csv", _CSV_OPTIONS, _csv_rows))
+load_csv = DATASETS.register(
+    "csv", _make_loader("csv", _CSV_OPTIONS, _csv_rows), examples=lambda: ["csv:PATH.csv"]
+)
 #: ``load_dataset("folder:/data/xrays?channels=1", "test")``
-load_folder = DATASETS.register("folder", _make_loader("folder", _COMMON_OPTIONS, _folder_rows))
+load_folder = DATASETS.register(
+    "folder", _make_loader("folder", _COMMON_OPTIONS, _folder_rows), examples=lambda: ["folder:DIR"]
+)

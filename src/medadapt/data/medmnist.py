@@ -346,7 +346,7 @@ def _pick_size(address: DatasetAddress, size: int | None) -> Any:
     return size if size is not None else option if option is not None else DEFAULT_SIZE
 
 
-@DATASETS.register("medmnist")
+@DATASETS.register("medmnist", examples=lambda: [f"medmnist:{f}" for f in flags()])
 def load_medmnist(
     address: DatasetAddress,
     split: str,

@@ -62,18 +62,18 @@ def distill(
         >>> medadapt.distill(dataset="medmnist:breastmnist", teacher=["runs/v2_breast"],
         ...                  backbone="timm:resnet18", pretrained=False, seeds=[0, 1, 2])  # doctest: +SKIP
     """
-    from ..api import _finetune_one, _recorded, _start_run
+    from ..driver import CellContext, recorded, run_cell, start_run
 
     cfg = replace(config, **kwargs) if config is not None else DistillConfig(**kwargs)
     arms: list[tuple[str, tuple[float, float] | None]] = [(STUDENT, None)] if cfg.baseline else []
     arms += [(arm_name(t, a), (t, a)) for t, a in cfg.grid()]
     # each arm's settings (its own t and alpha, not the grid's or the report's): a seed added later with
     # other settings is refused before anything runs, since results.csv pools an arm's seeds by its name
-    shared = {k: v for k, v in _recorded(cfg).items() if k not in _NOT_ARM_SETTINGS}
+    shared = {k: v for k, v in recorded(cfg).items() if k not in _NOT_ARM_SETTINGS}
     student = {k: v for k, v in shared.items() if not k.startswith("teacher")}  # it learns from labels alone
     record_arm_configs({name: {**shared, "temperature": setting[0], "alpha": setting[1]} if setting else student
                         for name, setting in arms}, cfg.out_dir)  # fmt: skip
-    out, device, splits, img_size = _start_run(cfg)
+    out, device, splits, img_size = start_run(cfg)
     augmented = cfg.train.get("augment", "none") != "none"
     teachers: dict[Any, tuple[Teacher, dict[str, tuple[torch.Tensor, np.ndarray]]]] = {}
     frames = []
@@ -88,9 +88,9 @@ def distill(
                 source = {"teacher": teacher} if augmented else {"cached": logits["train"][0]}
                 objective = DistillObjective(task=teacher.task, alpha=a, temperature=t, autocast=cfg.autocast,
                                              **source)  # fmt: skip
-            arm_rows = _finetune_one(cfg, splits, name=name, seed=seed, img_size=img_size, device=device,
-                                     run_dir=out / name / f"seed{seed}", show_progress=show_progress,
-                                     objective=objective)  # fmt: skip
+            ctx = CellContext(splits=splits, img_size=img_size, device=device, run_dir=out / name / f"seed{seed}",
+                              show_progress=show_progress)  # fmt: skip
+            arm_rows = run_cell(cfg, ctx, method="finetune", name=name, seed=seed, objective=objective)
             t, a = setting if setting is not None else (None, 1.0)
             rows += [{**r, "temperature": t, "alpha": a} for r in arm_rows]
             # after every arm, so finished runs survive a later failure; a resumed run replaces its rows

@@ -63,6 +63,8 @@ __all__ = [
     "selection_key",
     "best_run",
     "should_stop",
+    "reset_peak_memory",
+    "peak_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,9 @@ class FitResult:
     cost: dict[str, float]
     stopped_early: bool = False
     resumed_from: int = 0  # the epoch of the checkpoint resumed from (0: a fresh run)
+    #: seconds of each epoch of ``history`` (training and its evaluation); an epoch replayed after a resume
+    #: counts its last run
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +129,7 @@ class _Run:
     best: _Best = field(default_factory=_Best)
     clock: dict[str, float] = field(default_factory=lambda: {"wall": 0.0, "train": 0.0, "images": 0})
     resumed_from: int = 0
+    seconds: list[float] = field(default_factory=list)  # per epoch of history
 
 
 # ------------------------------------------------------------------------------------------------- fit
@@ -195,6 +201,7 @@ def fit(
             record.update(evaluate(model, val_loader, **kw))
             run.best.update(record, model, cfg.select_on)
         run.history.append(record)
+        run.seconds.append(time.perf_counter() - t0)
         run.clock["wall"] = wall0 + time.perf_counter() - start
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, record)
         last = epoch == cfg.epochs or should_stop(run.history, cfg.early_stop, cfg.patience)
@@ -216,6 +223,7 @@ def fit(
         cost=_cost(model, run, device),
         stopped_early=len(run.history) < cfg.epochs,
         resumed_from=run.resumed_from,
+        epoch_seconds=list(run.seconds),
     )
 
 
@@ -550,6 +558,7 @@ def _checkpoint(run: _Run, run_hash: str, model, optimizer, scheduler, strategy)
         # the best weights are stored only when they are not this epoch's (then they are "model")
         "best": {**best, "state": None if run.best.epoch == epoch else run.best.state},
         "clock": dict(run.clock),
+        "seconds": list(run.seconds),
     }
 
 
@@ -583,7 +592,11 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cf
         best_state = {k: v.clone() for k, v in state["model"].items()}
     # (else None: no epoch evaluated yet, so the first evaluation is taken whatever its score, as without a kill)
     log.info("resumed at epoch %d", state["epoch"])
-    return _Run(history, _Best(**best, state=best_state), state["clock"], resumed_from=state["epoch"])
+    seconds = list(state.get("seconds", []))[: len(history)]  # absent in checkpoints of earlier versions
+    seconds += [math.nan] * (len(history) - len(seconds))
+    return _Run(
+        history, _Best(**best, state=best_state), state["clock"], resumed_from=state["epoch"], seconds=seconds
+    )
 
 
 # ------------------------------------------------------------------------------------------------- cost
@@ -628,6 +641,10 @@ def _peak_memory(device: torch.device) -> float:
         return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return float(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+
+
+#: Public names for the run driver, which measures a probe cell's peak the same way.
+reset_peak_memory, peak_memory = _reset_peak_memory, _peak_memory
 
 
 def _run_peak(run: _Run, device: torch.device) -> float:
