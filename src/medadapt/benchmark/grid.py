@@ -94,13 +94,32 @@ class CellSpec:
 
     def __post_init__(self) -> None:
         if not self.settings_hash:
-            hashed = {k: v for k, v in self.config.items() if k not in _NOT_HASHED}
-            blob = json.dumps({"driver": self.driver, "config": hashed, "fold": self.fold, "folds": self.folds,
-                               "seed": self.seed}, sort_keys=True, default=str)  # fmt: skip
+            blob = json.dumps({"driver": self.driver, "config": self.hashed_settings(), "fold": self.fold,
+                               "folds": self.folds, "seed": self.seed}, sort_keys=True, default=str)  # fmt: skip
             self.settings_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def hashed_settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k not in _NOT_HASHED}
+        """The settings the cell's result depends on, leaving out those at their default: a setting that a
+        later medadapt adds, at its default, does not make a finished cell's settings differ."""
+        from .. import config as configs
+
+        defaults = _defaults(getattr(configs, self.config_class))
+        return {k: v for k, v in self.config.items()
+                if k not in _NOT_HASHED and not (k in defaults and _plain(v) == defaults[k])}  # fmt: skip
+
+
+def _defaults(cls) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default_factory())
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 @dataclass
