@@ -403,3 +403,49 @@ def test_shipped_grids_validate(monkeypatch):
         grid = load_grid(root / name)
         assert grid.cells
     assert plan(root / "grid_tiny.yaml", "/nonexistent/out").extractions == 2
+
+
+# ------------------------------------------------------------------------------------------ distillation
+def test_distill_cells_learn_from_their_teacher_cells_after_them(tmp_path, data):
+    student = {"student": TINIER, "train": {"epochs": 2, "batch_size": 16}}
+    g = grid_dict(data, backbones=[{"address": TINY, "name": "tiny"}], seeds=[0], folds=2,
+                  methods=["linear", {"name": "full", "finetune": "full", "train": {"epochs": 1, "batch_size": 16}},
+                           {"name": "kd-full", "distill": "full", "alpha": 0.5, **student},
+                           {"distill": "linear", "temperature": 4.0, **student}])  # fmt: skip
+    grid = parse_grid(g)
+    kd = next(c for c in grid.cells if c.method == "kd-full" and c.fold == 1)
+    assert kd.depends == "toy|tiny|full|fold1|seed0" and kd.config["backbone"] == TINIER
+    assert kd.config["strategy"] == "scratch" and kd.config["alpha"] == 0.5
+    summary = run_benchmark(write_grid(tmp_path / "g.yaml", g), tmp_path / "out", workers=0)
+    assert summary.ok and summary.counts == {"done": 8}
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    rows = table[(table["run"] == "distill-linear") & (table["split"] == "test")]
+    assert (
+        len(rows.groupby("fold")) == 2 and set(rows["temperature"]) == {4.0} and set(rows["alpha"]) == {0.2}
+    )
+    assert rows["teacher"].str.contains("single model").all()
+    history = pd.read_csv(
+        tmp_path / "out" / "cells" / "toy" / "tiny" / "kd-full" / "fold0" / "seed0" / "history.csv"
+    )
+    assert {"train_kd_loss", "train_task_loss"} <= set(history.columns)
+
+
+@pytest.mark.parametrize(
+    "methods, extra, message",
+    [
+        (
+            ["knn", {"distill": "knn"}],
+            {},
+            "distils 'knn', which is not a method of this grid with a saved model",
+        ),
+        (["linear", {"distill": "linaer"}], {}, "valid teachers: ['linear']"),
+        (
+            ["linear", {"distill": "linear"}],
+            {"exclude": [{"method": "linear"}]},
+            "which include / exclude removed",
+        ),
+    ],
+)
+def test_a_distill_method_needs_a_teacher_method_with_a_model(data, methods, extra, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_grid(grid_dict(data, methods=methods, **extra))

@@ -90,6 +90,8 @@ class CellSpec:
     config_class: str
     config: dict[str, Any]
     folds: dict[str, Any]
+    depends: str | None = None  # the key of the cell that must finish first (a distillation's teacher)
+    depends_folder: str | None = None
     settings_hash: str = ""
 
     def __post_init__(self) -> None:
@@ -191,6 +193,7 @@ def parse_grid(data: Any, *, source: str = "<grid>", overrides: dict[str, Any] |
         raise ConfigError(
             "the grid has no cells: include / exclude left none (check their names and patterns)"
         )
+    _link_teachers(cells, variants)
     executor = _mapping(data.get("executor", {}), "executor")
     return Grid(name=str(data.get("name", Path(source).stem)), cells=cells,
                 datasets={n: e["address"] for n, e in datasets.items()}, folds=folds, executor=executor,
@@ -366,6 +369,31 @@ def _resolve(settings, dentry, bentry, variant: Variant, *, where: str, with_tok
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
     return dataclasses.asdict(cfg)
+
+
+def _link_teachers(cells: list[CellSpec], variants: list[Variant]) -> None:
+    """A distill cell depends on its teacher method's cell of the same dataset, backbone, fold and seed."""
+    from .methods import TEACHER_OF
+
+    by_name = {v.name: v for v in variants}
+    by_key = {c.key: c for c in cells}
+    for cell in cells:
+        if cell.driver != "distill":
+            continue
+        teacher = cell.config["teacher"][0].removeprefix(TEACHER_OF)
+        source = by_name.get(teacher)
+        if source is None or source.driver == "distill" or source.layer.get("head") == "knn":
+            valid = [v.name for v in variants if v.driver != "distill" and v.layer.get("head") != "knn"]
+            raise ConfigError(
+                f"methods: {cell.method!r} distils {teacher!r}, which is not a method of this grid with a saved "
+                f"model (kNN and distilled methods have none); valid teachers: {valid}"
+            )
+        key = "|".join([cell.dataset, cell.backbone, teacher, cell.key.split("|")[3], f"seed{cell.seed}"])
+        if key not in by_key:
+            raise ConfigError(
+                f"cell {cell.key} needs its teacher cell {key}, which include / exclude removed"
+            )
+        cell.depends, cell.depends_folder = key, by_key[key].folder
 
 
 def _reads_tokens(head: str) -> bool:

@@ -92,6 +92,24 @@ class Preset(GridMethod):
         return out
 
 
+class Distill(GridMethod):
+    """``distill: METHOD``: a student (``student``, default ``timm:resnet18``; strategy ``scratch``) trained on
+    labels and the soft targets of METHOD's model in the same (dataset, backbone, fold, seed): its cell runs
+    after that one. ``alpha`` weighs the label loss, ``temperature`` softens both sides."""
+
+    keys = ("student", "alpha", "temperature", "strategy", "options", "train", "lrs", "head", "img_size",
+            "channel_mode")  # fmt: skip
+
+    def variants(self, name, value, entry):
+        layer = {"backbone": entry.pop("student", "timm:resnet18"), "strategy": entry.pop("strategy", "scratch"),
+                 "teacher": [TEACHER_OF + str(value)], "figures": False, **_renamed(entry)}  # fmt: skip
+        return [Variant(name or f"distill-{value}", "distill", "DistillConfig", layer)]
+
+
+#: How a distill variant's ``teacher`` names the grid method whose cells teach it (resolved per cell).
+TEACHER_OF = "grid-method:"
+
+
 def _renamed(entry: dict[str, Any]) -> dict[str, Any]:
     """Grid spelling to config fields: ``options`` are the strategy's options."""
     return {("strategy_options" if k == "options" else k): v for k, v in entry.items()}
@@ -100,6 +118,7 @@ def _renamed(entry: dict[str, Any]) -> dict[str, Any]:
 GRID_METHODS.register("probe", Probe())
 GRID_METHODS.register("finetune", Finetune())
 GRID_METHODS.register("preset", Preset())
+GRID_METHODS.register("distill", Distill())
 
 
 def shorthand(text: str) -> tuple[str, str]:

@@ -151,8 +151,12 @@ def run_benchmark(
         progress.end(result)
 
     try:
-        if todo:
-            run(todo, out, options=options, started=started, finished=finished)
+        first = [c for c in todo if not c.depends]
+        if first:
+            run(first, out, options=options, started=started, finished=finished)
+        then = _ready([c for c in todo if c.depends], store, progress)  # distillations, after their teachers
+        if then:
+            run(then, out, options=options, started=started, finished=finished)
     finally:
         progress.close()
         store.reset_running()
@@ -163,6 +167,21 @@ def run_benchmark(
         c.key: statuses[c.key]["error"] or "" for c in grid.cells if statuses[c.key]["status"] == "failed"
     }
     return GridSummary(out, dict(counts), failed, results)
+
+
+def _ready(cells: list[CellSpec], store: Store, progress: _Progress) -> list[CellSpec]:
+    """The dependent cells whose cell to wait for is done; the others fail, saying which cell they needed."""
+    statuses = store.statuses()
+    ready = []
+    for cell in cells:
+        if statuses.get(cell.depends, {}).get("status") == "done":
+            ready.append(cell)
+        else:
+            store.mark(
+                cell.key, "failed", error=f"its teacher cell {cell.depends} did not finish", ended=_now()
+            )
+            progress.end("failed")
+    return ready
 
 
 def _keys(grid: Grid) -> set[str]:

@@ -54,7 +54,7 @@ def execute_cell(spec: dict[str, Any], out: str | Path, *, state: WorkerState | 
         (folder / ERROR_FILE).unlink(missing_ok=True)
         started, t0 = _now(), time.perf_counter()
         try:
-            rows = _run(spec, folder, state or WorkerState(), show_progress)
+            rows = _run(spec, Path(out) / "cells", state or WorkerState(), show_progress)
         except (
             Exception
         ) as e:  # any failure of one cell (out of memory, bad data) is recorded; the grid goes on
@@ -76,7 +76,9 @@ def execute_cell(spec: dict[str, Any], out: str | Path, *, state: WorkerState | 
         return "done"
 
 
-def _run(spec: dict[str, Any], folder: Path, state: WorkerState, show_progress: bool) -> list[dict[str, Any]]:
+def _run(
+    spec: dict[str, Any], cells_root: Path, state: WorkerState, show_progress: bool
+) -> list[dict[str, Any]]:
     from .. import config as configs
     from .._device import resolve_device
     from ..data.folds import fold_splits
@@ -84,7 +86,11 @@ def _run(spec: dict[str, Any], folder: Path, state: WorkerState, show_progress: 
 
     cls = getattr(configs, spec["config_class"])
     resume = {"resume": True} if "resume" in cls.__dataclass_fields__ else {}  # a killed cell continues
-    cfg = cls(**{**spec["config"], "out": str(folder), **resume})
+    folder = cells_root / spec["folder"]
+    config = dict(spec["config"])
+    if spec.get("depends_folder"):  # a distillation's teacher: the saved model of the cell it depends on
+        config["teacher"] = [str(cells_root / spec["depends_folder"])]
+    cfg = cls(**{**config, "out": str(folder), **resume})
     splits = _splits(cfg, state)
     fold, folds = spec["fold"], spec["folds"]
     if fold is not None:
