@@ -449,3 +449,20 @@ def test_distill_cells_learn_from_their_teacher_cells_after_them(tmp_path, data)
 def test_a_distill_method_needs_a_teacher_method_with_a_model(data, methods, extra, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         parse_grid(grid_dict(data, methods=methods, **extra))
+
+
+def test_folds_without_patient_ids_are_said_once_per_dataset(tmp_path, data, caplog):
+    no_ids = pd.read_csv(data).drop(columns="patient_id")
+    no_ids.to_csv(data.parent / "no_ids.csv", index=False)
+    g = grid_dict(data, methods=["knn"], seeds=[0, 1], folds=2, backbones=[{"address": TINY, "name": "tiny"}],
+                  datasets=[{"address": f"csv:{data}", "name": "toy"}, {"address": f"csv:{data.parent / 'no_ids.csv'}", "name": "flat"}])  # fmt: skip
+    with caplog.at_level("WARNING", logger="medadapt.benchmark"):
+        assert run_benchmark(write_grid(tmp_path / "g.yaml", g), tmp_path / "out", workers=0).ok
+    said = [r.getMessage() for r in caplog.records if "no patient_id column" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("dataset flat has no patient_id column")
+
+
+def test_benchmark_status_needs_a_grid_folder(tmp_path, capsys):
+    assert main(["benchmark", "status", str(tmp_path)]) == 2
+    assert "holds no benchmark" in capsys.readouterr().err
+    assert main(["benchmark", "status"]) == 2

@@ -189,7 +189,7 @@ def test_list_and_help(capsys):
     assert main(["list", "datasets", "*pneumonia*"]) == 0
     assert "medmnist:pneumoniamnist" in capsys.readouterr().out
     parser = build_parser()
-    for cmd in ("list", "probe"):
+    for cmd in ("list", "probe", "finetune", "distill", "benchmark", "results"):
         with pytest.raises(SystemExit) as e:
             parser.parse_args([cmd, "--help"])
         assert e.value.code == 0
