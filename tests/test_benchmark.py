@@ -99,6 +99,15 @@ def data(tmp_path, monkeypatch):
             "--weights '/nope.safetensors' does not exist",
         ),
         ({"include": [{"method": "lora"}]}, "include[0].method: 'lora' matches none"),
+        (
+            {"datasets": ["medmnist:breastmnis"]},
+            "datasets[0]: unknown MedMNIST flag 'breastmnis'; did you mean 'breastmnist'",
+        ),
+        (
+            {"datasets": ["medmnst:breastmnist"]},
+            "datasets[0]: unknown dataset kind 'medmnst'; did you mean 'medmnist'",
+        ),
+        ({"backbones": ["tim:resnet18"]}, "backbones[0]: unknown backbone source 'tim'; did you mean 'timm'"),
         ({"exclude": [{"dataset": "*"}]}, "the grid has no cells"),
     ],
 )

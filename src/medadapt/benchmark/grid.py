@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from .._yaml import load as load_yaml_text
-from ..errors import ConfigError
+from ..errors import ConfigError, MedadaptError
 from .methods import GRID_METHODS, Variant, shorthand
 
 __all__ = ["Grid", "CellSpec", "FoldSpec", "load_grid", "parse_grid", "TOP_KEYS"]
@@ -168,8 +168,8 @@ def parse_grid(data: Any, *, source: str = "<grid>", overrides: dict[str, Any] |
             f"settings: {bad} are set by the grid's axes (datasets, backbones, methods, seeds), not here"
         )
     _unknown(settings, _setting_keys(), "settings")
-    datasets = _entries(data["datasets"], "datasets", DATASET_KEYS, _dataset_name)
-    backbones = _entries(data["backbones"], "backbones", BACKBONE_KEYS, lambda a: a)
+    datasets = _entries(data["datasets"], "datasets", DATASET_KEYS, _dataset_name, check=_check_dataset)
+    backbones = _entries(data["backbones"], "backbones", BACKBONE_KEYS, lambda a: a, check=_check_backbone)
     variants = _methods(data["methods"])
     seeds = _seeds(data.get("seeds", [0]))
     default_folds = _folds(data.get("folds", "official"), "folds")
@@ -234,7 +234,25 @@ def _dataset_name(address: str) -> str:
     return rest.split("?")[0] if kind == "medmnist" else address
 
 
-def _entries(items: list, key: str, allowed: tuple[str, ...], default_name) -> dict[str, dict[str, Any]]:
+def _check_dataset(address: str) -> None:
+    """The kind (and what the kind checks without reading files, e.g. a MedMNIST flag) of a dataset address."""
+    from ..data import DATASETS, DatasetAddress
+
+    parsed = DatasetAddress.parse(address)
+    check = DATASETS.meta(parsed.kind).get("check")
+    if check is not None:
+        check(parsed)
+
+
+def _check_backbone(address: str) -> None:
+    from ..backbones._factory import BackboneAddress
+
+    BackboneAddress.parse(address)
+
+
+def _entries(
+    items: list, key: str, allowed: tuple[str, ...], default_name, *, check
+) -> dict[str, dict[str, Any]]:
     """``{name: {"address": ..., **options}}`` from strings or mappings, names unique (as their folder names)."""
     out: dict[str, dict[str, Any]] = {}
     for i, item in enumerate(items):
@@ -245,6 +263,10 @@ def _entries(items: list, key: str, allowed: tuple[str, ...], default_name) -> d
             raise ConfigError(f"{where}: give an address string or a mapping with an address, got {item!r}")
         item = {str(k).replace("-", "_"): v for k, v in item.items()}
         _unknown(item, ("address", "name", *allowed), where)
+        try:
+            check(item["address"])
+        except MedadaptError as e:  # an unknown kind or name: the message with the entry that has it
+            raise type(e)(f"{where}: {e}") from e
         name = str(item.pop("name", None) or default_name(item["address"]))
         _add_unique(out, name, item, where)
     return out

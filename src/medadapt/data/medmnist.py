@@ -346,7 +346,11 @@ def _pick_size(address: DatasetAddress, size: int | None) -> Any:
     return size if size is not None else option if option is not None else DEFAULT_SIZE
 
 
-@DATASETS.register("medmnist", examples=lambda: [f"medmnist:{f}" for f in flags()])
+@DATASETS.register(
+    "medmnist",
+    examples=lambda: [f"medmnist:{f}" for f in flags()],
+    check=lambda address: _check_flag(address.location),
+)
 def load_medmnist(
     address: DatasetAddress,
     split: str,
