@@ -52,7 +52,10 @@ def run_local(cells: Sequence[CellSpec], out: Path, *, options: dict[str, Any], 
             started(cell.key, socket.gethostname())
             finished(cell.key, execute_cell(vars(cell), out, state=state))
         return
-    _Pool(out, workers, options.get("gpus")).run(cells, started, finished)
+    gpus = options.get("gpus")
+    if all(str(c.config.get("device", "auto")) == "cpu" for c in cells):
+        gpus = 0  # cells on the CPU: GPUs the machine has do not bound the workers
+    _Pool(out, workers, gpus).run(cells, started, finished)
 
 
 class _Pool:
