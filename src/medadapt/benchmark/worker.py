@@ -35,6 +35,7 @@ class WorkerState:
 
     def __init__(self) -> None:
         self.datasets: dict[Any, Any] = {}
+        self.folds: dict[Any, Any] = {}
         self.memo: dict[Any, Any] = {}
 
 
@@ -81,7 +82,6 @@ def _run(
 ) -> list[dict[str, Any]]:
     from .. import config as configs
     from .._device import resolve_device
-    from ..data.folds import fold_splits
     from ..driver import CellContext, image_size, run_cell
 
     cls = getattr(configs, spec["config_class"])
@@ -94,9 +94,7 @@ def _run(
     splits = _splits(cfg, state)
     fold, folds = spec["fold"], spec["folds"]
     if fold is not None:
-        splits = fold_splits(
-            splits, k=folds["k"], fold=fold, seed=folds["seed"], val_folds=folds["val_folds"]
-        )
+        splits = _fold(cfg, splits, folds, fold, state)
     ctx = CellContext(splits=splits, img_size=image_size(cfg, splits["train"]), device=resolve_device(cfg.device),
                       run_dir=folder, fold=fold, show_progress=show_progress, memo=state.memo)  # fmt: skip
     rows = run_cell(cfg, ctx, method=spec["driver"], name=spec["method"], seed=spec["seed"])
@@ -112,5 +110,16 @@ def _splits(cfg, state: WorkerState):
     key = (cfg.dataset, cfg.size, cfg.data_root, cfg.skip_bad_rows)
     if key not in state.datasets:
         state.datasets.clear()  # one dataset at a time: grids run a dataset's cells together
+        state.folds.clear()
         state.datasets[key] = load_splits(cfg)
     return state.datasets[key]
+
+
+def _fold(cfg, splits, folds: dict[str, Any], fold: int, state: WorkerState):
+    """A fold's views; the folds of a dataset are computed once per worker (they cost about a second)."""
+    from ..data.folds import fold_parts, fold_views
+
+    key = (cfg.dataset, cfg.size, folds["k"], folds["seed"], folds["val_folds"])
+    if key not in state.folds:
+        state.folds[key] = fold_parts(splits, k=folds["k"], seed=folds["seed"], val_folds=folds["val_folds"])
+    return fold_views(*state.folds[key], fold)

@@ -25,7 +25,16 @@ from ..errors import ConfigError, DataError
 from .base import SPLITS, MedicalDataset
 from .splits import patient_kfold
 
-__all__ = ["RowView", "pooled", "patient_ids", "kfold_parts", "fold_splits", "check_no_leakage"]
+__all__ = [
+    "RowView",
+    "pooled",
+    "patient_ids",
+    "kfold_parts",
+    "fold_parts",
+    "fold_views",
+    "fold_splits",
+    "check_no_leakage",
+]
 
 PATIENT_COLUMN = "patient_id"
 
@@ -143,26 +152,40 @@ def check_no_leakage(parts: Mapping[str, np.ndarray], groups: np.ndarray | None,
                     )
 
 
+def fold_parts(
+    splits: Mapping[str, MedicalDataset], *, k: int, seed: int = 0, val_folds: int = 8
+) -> tuple[RowView, list[dict[str, np.ndarray]]]:
+    """The pooled ``splits`` and the row indices of every fold's parts, each checked for leakage.
+
+    Computing the folds costs about a second for a few thousand rows (``StratifiedGroupKFold``), so a grid's
+    worker computes them once per dataset and takes each cell's views with :func:`fold_views`.
+    """
+    pool = pooled(splits)
+    groups = patient_ids(pool)
+    parts = kfold_parts(pool.labels, groups, k=k, seed=seed, val_folds=val_folds)
+    for fold, part in enumerate(parts):
+        check_no_leakage(part, groups, where=f"{pool.name} fold {fold} of {k}")
+    return pool, parts
+
+
+def fold_views(pool: RowView, parts: list[dict[str, np.ndarray]], fold: int) -> dict[str, RowView]:
+    """The train / val / test views of fold ``fold`` (0-based) from :func:`fold_parts`."""
+    if not 0 <= fold < len(parts):
+        raise ConfigError(f"fold {fold} does not exist: folds are 0 ... {len(parts) - 1}")
+    views = {}
+    for split, idx in parts[fold].items():
+        sources = [(pool.parts[s][0], pool.rows[idx][pool.sources[idx] == s]) for s in range(len(pool.parts))
+                   if (pool.sources[idx] == s).any()]  # fmt: skip
+        empty = [(pool.parts[0][0], np.zeros(0, np.int64))]
+        views[split] = RowView(sources or empty, name=pool.name, split=f"fold{fold}-{split}")
+    return views
+
+
 def fold_splits(
     splits: Mapping[str, MedicalDataset], *, k: int, fold: int, seed: int = 0, val_folds: int = 8
 ) -> dict[str, RowView]:
     """The train / val / test views of fold ``fold`` (0-based) of ``k`` over the pooled ``splits``."""
     if not 0 <= fold < k:
         raise ConfigError(f"fold {fold} does not exist: folds are 0 ... {k - 1}")
-    pool = pooled(splits)
-    groups = patient_ids(pool)
-    parts = kfold_parts(pool.labels, groups, k=k, seed=seed, val_folds=val_folds)[fold]
-    check_no_leakage(parts, groups, where=f"{pool.name} fold {fold} of {k}")
-    return {
-        split: RowView(
-            [
-                (pool.parts[s][0], pool.rows[idx][pool.sources[idx] == s])
-                for s in range(len(pool.parts))
-                if (pool.sources[idx] == s).any()
-            ]
-            or [(pool.parts[0][0], np.zeros(0, np.int64))],
-            name=pool.name,
-            split=f"fold{fold}-{split}",
-        )  # fmt: skip
-        for split, idx in parts.items()
-    }
+    pool, parts = fold_parts(splits, k=k, seed=seed, val_folds=val_folds)
+    return fold_views(pool, parts, fold)
