@@ -475,3 +475,17 @@ def test_benchmark_status_needs_a_grid_folder(tmp_path, capsys):
     assert main(["benchmark", "status", str(tmp_path)]) == 2
     assert "holds no benchmark" in capsys.readouterr().err
     assert main(["benchmark", "status"]) == 2
+
+
+def test_status_counts_the_cells_of_the_grid_as_last_run(tmp_path, data, capsys):
+    g = grid_dict(
+        data, methods=["knn"], seeds=[0, 1], folds="official", backbones=[{"address": TINY, "name": "tiny"}]
+    )
+    grid = write_grid(tmp_path / "g.yaml", g)
+    assert run_benchmark(grid, tmp_path / "out", workers=0).counts == {"done": 2}
+    write_grid(tmp_path / "g.yaml", {**g, "seeds": [0, 1, 2], "exclude": [{"seed": 1}]})
+    assert run_benchmark(grid, tmp_path / "out", workers=0).counts == {"done": 2}
+    assert main(["benchmark", "status", str(tmp_path / "out")]) == 0
+    assert "2 cells: 2 done" in capsys.readouterr().out
+    assert set(pd.read_csv(tmp_path / "out" / "results.csv")["seed"]) == {0, 2}
+    assert (tmp_path / "out" / "grid.earlier").is_dir()  # the grid file as first run is kept

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MedadaptError
 from .executors import EXECUTORS
 from .grid import CellSpec, Grid, load_grid
 from .store import DONE_FILE, ERROR_FILE, Store
@@ -264,6 +264,15 @@ class _Progress:
         self.bar.close()
 
 
+def _current_keys(out: Path) -> set[str] | None:
+    """The cells of the grid file as last run (``DIR/grid.yaml``), or ``None`` if it cannot be read."""
+    try:
+        return _keys(load_grid(out / "grid.yaml"))
+    except MedadaptError as e:
+        log.info("status of every cell in the store: %s", e)
+        return None
+
+
 def grid_status(out: str | Path) -> tuple[list[str], dict[str, int]]:
     """``medadapt benchmark status DIR``: counts by status and the failed cells, from the store and the
     folders finished since its last ingest (read-only: a running driver owns the store)."""
@@ -274,6 +283,9 @@ def grid_status(out: str | Path) -> tuple[list[str], dict[str, int]]:
             f"{out} holds no benchmark ({store.path.name} is missing); run medadapt benchmark GRID.yaml --out {out}"
         )
     rows = store.statuses()
+    current = _current_keys(out)
+    if current is not None:  # cells an edited grid file no longer has (include / exclude) are not counted
+        rows = {k: v for k, v in rows.items() if k in current}
     counts: collections.Counter = collections.Counter()
     lines = []
     for key, row in rows.items():
