@@ -85,8 +85,9 @@ def _display(
     for col, title in COST_COLUMNS.items():
         if col in board:
             values = board[col] / 1e9 if col == "peak_memory_bytes" else board[col]
+            whole = col == "trainable_params"  # counts are whole numbers; times and sizes are not
             show[title] = values.map(
-                lambda v: "" if pd.isna(v) else f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+                lambda v, w=whole: "" if pd.isna(v) else f"{v:,.0f}" if w or abs(v) >= 100 else f"{v:.2f}"
             )
     return show
 
