@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,10 @@ def apply_threads(threads: int) -> None:
 
     if threads:
         torch.set_num_threads(threads)
+
+
+def prepend_command(path: str | Path) -> None:
+    """Put the command that made a results file at its top."""
+    path = Path(path)
+    command = shlex.join([".venv/bin/python", *sys.argv])
+    path.write_text(f"Command: `{command}`\n\n{path.read_text()}")

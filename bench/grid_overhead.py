@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from _common import add_data_args, machine, markdown_table, report
+from _common import add_data_args, machine, markdown_table, prepend_command, report
 
 TARGET = 0.3
 BACKBONE = "timm:resnet18?init=torch"
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "Scheduling overhead of a grid of kNN cells on cached features"
     report(title, markdown_table(rows), verdict, args.out, _notes(args, runs, loop, warm))
     if args.out:
-        _prepend_command(Path(args.out))
+        prepend_command(args.out)
     return 0
 
 
@@ -246,12 +246,6 @@ def _notes(args, runs: dict, loop: dict, warm: dict) -> list[str]:
         f"Threads: the pool's workers 1 each (the CPU threads divided between them), the in-process run and the "
         f"loop torch's default. Machine: {machine()}; bf16 autocast where native. {args.note}".rstrip(),
     ]
-
-
-def _prepend_command(path: Path) -> None:
-    """Put the command that made the file at its top."""
-    command = shlex.join([".venv/bin/python", *sys.argv])
-    path.write_text(f"Command: `{command}`\n\n{path.read_text()}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from _common import add_data_args, load_split, machine, markdown_table, report
+from _common import add_data_args, load_split, machine, markdown_table, prepend_command, report
 from PIL import Image
 
 from medadapt.data.folds import fold_splits
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "A probe grid: medadapt benchmark vs one medadapt probe invocation per cell"
     report(title, markdown_table(rows), verdict, args.out, notes)
     if args.out:
-        _prepend_command(Path(args.out))
+        prepend_command(args.out)
     return 0
 
 
@@ -317,12 +317,6 @@ def _notes(args, grid: dict, ref: dict, cells: int, export_seconds: float) -> li
         "own extraction in the reference: bf16 batches of other rows).",
         f"Machine: {machine()}; bf16 autocast where native. Timings are wall-clock. {args.note}".rstrip(),
     ]
-
-
-def _prepend_command(path: Path) -> None:
-    """Put the command that made the file at its top."""
-    command = shlex.join([".venv/bin/python", *sys.argv])
-    path.write_text(f"Command: `{command}`\n\n{path.read_text()}")
 
 
 if __name__ == "__main__":
