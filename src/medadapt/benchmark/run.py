@@ -129,13 +129,12 @@ def run_benchmark(
     statuses = store.statuses()
     todo = [c for c in grid.cells if statuses[c.key]["status"] == "pending"
             or (retry_failed and statuses[c.key]["status"] == "failed")]  # fmt: skip
-    failed_before = {
-        k: v["error"] for k, v in statuses.items() if v["status"] == "failed" and k in _keys(grid)
-    }
+    keys = _keys(grid)
+    failed_before = {k: v["error"] for k, v in statuses.items() if v["status"] == "failed" and k in keys}
     if retry_failed:
         for cell in todo:
             (out / "cells" / cell.folder / ERROR_FILE).unlink(missing_ok=True)
-    progress = _Progress(len(grid.cells), sum(v["status"] == "done" for k, v in statuses.items() if k in _keys(grid)),
+    progress = _Progress(len(grid.cells), sum(v["status"] == "done" for k, v in statuses.items() if k in keys),
                          len([k for k in failed_before if not retry_failed]), show_progress)  # fmt: skip
     by_key = {c.key: c for c in grid.cells}
 
