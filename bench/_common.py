@@ -7,11 +7,13 @@ target, and writes both to ``--out`` when given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,14 @@ def prepend_command(path: str | Path) -> None:
     path = Path(path)
     command = shlex.join([".venv/bin/python", *sys.argv])
     path.write_text(f"Command: `{command}`\n\n{path.read_text()}")
+
+
+@contextlib.contextmanager
+def scratch_folder(path: str | None) -> Iterator[Path]:
+    """``path`` (made if missing, kept afterwards), or a temporary folder removed afterwards."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="medadapt-bench-") as tmp:
+        yield Path(tmp)

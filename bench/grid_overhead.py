@@ -31,13 +31,12 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from _common import add_data_args, machine, markdown_table, prepend_command, report
+from _common import add_data_args, machine, markdown_table, prepend_command, report, scratch_folder
 
 TARGET = 0.3
 BACKBONE = "timm:resnet18?init=torch"
@@ -207,12 +206,8 @@ def _loop_row(loop: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.scratch:
-        Path(args.scratch).mkdir(parents=True, exist_ok=True)
-        runs, loop, warm = measure(args, Path(args.scratch))
-    else:
-        with tempfile.TemporaryDirectory(prefix="medadapt-bench-") as scratch:
-            runs, loop, warm = measure(args, Path(scratch))
+    with scratch_folder(args.scratch) as scratch:
+        runs, loop, warm = measure(args, scratch)
     rows = [_row(f"medadapt benchmark --workers {args.workers} (worker processes)", runs["pool"]),
             _row("medadapt benchmark --workers 0 (in-process)", runs["in-process"]), _loop_row(loop)]  # fmt: skip
     worst = max(rows[0]["overhead s/cell"], rows[1]["overhead s/cell"])

@@ -30,7 +30,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +37,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from _common import add_data_args, load_split, machine, markdown_table, prepend_command, report
+from _common import (
+    add_data_args,
+    load_split,
+    machine,
+    markdown_table,
+    prepend_command,
+    report,
+    scratch_folder,
+)
 from PIL import Image
 
 from medadapt.data.folds import fold_splits
@@ -251,12 +258,8 @@ def measure(args, scratch: Path) -> tuple[dict, dict, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.scratch:
-        Path(args.scratch).mkdir(parents=True, exist_ok=True)
-        grid, ref, export_seconds = measure(args, Path(args.scratch))
-    else:
-        with tempfile.TemporaryDirectory(prefix="medadapt-bench-") as scratch:
-            grid, ref, export_seconds = measure(args, Path(scratch))
+    with scratch_folder(args.scratch) as scratch:
+        grid, ref, export_seconds = measure(args, scratch)
     missing = sorted(set(ref["auc"]) - set(grid["auc"]))
     if missing:
         raise SystemExit(f"cells missing from the grid's results: {missing[:3]}")

@@ -106,8 +106,8 @@ class CellSpec:
         from .. import config as configs
 
         defaults = _defaults(getattr(configs, self.config_class))
-        return {k: v for k, v in self.config.items()
-                if k not in _NOT_HASHED and not (k in defaults and _plain(v) == defaults[k])}  # fmt: skip
+        plain = _plain({k: v for k, v in self.config.items() if k not in _NOT_HASHED})
+        return {k: v for k, v in plain.items() if not (k in defaults and v == defaults[k])}
 
 
 def _defaults(cls) -> dict[str, Any]:

@@ -48,13 +48,16 @@ class Store:
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
         self.path = self.out / STORE_FILE
+        self._schema_done = False
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         self.out.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=60)
         try:
-            con.executescript(_SCHEMA)
+            if not self._schema_done:  # once per Store: every cell opens a connection or two
+                con.executescript(_SCHEMA)
+                self._schema_done = True
             with con:  # one transaction: committed on success, rolled back on error
                 yield con
         finally:
@@ -70,12 +73,10 @@ class Store:
             return
         with self._db() as con:
             old = dict(con.execute("SELECT key, settings FROM cells").fetchall())
-        changed = [
-            c for c in cells if c.key in old and json.loads(old[c.key] or "{}") != _plain(c.hashed_settings())
-        ]
+        changed = [c for c in cells if c.key in old and json.loads(old[c.key] or "{}") != c.hashed_settings()]
         if changed:
             first = changed[0]
-            before, now = json.loads(old[first.key] or "{}"), _plain(first.hashed_settings())
+            before, now = json.loads(old[first.key] or "{}"), first.hashed_settings()
             diff = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now"
                              for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k))  # fmt: skip
             raise ConfigError(
@@ -93,7 +94,7 @@ class Store:
                     " settings, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') ON CONFLICT(key) DO UPDATE"
                     " SET position = excluded.position",
                     (c.key, i, c.folder, c.dataset, c.backbone, c.method, c.seed, c.fold, c.settings_hash,
-                     json.dumps(_plain(c.hashed_settings()), sort_keys=True)),
+                     json.dumps(c.hashed_settings(), sort_keys=True)),
                 )  # fmt: skip
 
     def statuses(self) -> dict[str, dict[str, Any]]:
@@ -181,12 +182,8 @@ def _row(record: dict[str, Any]) -> tuple:
     extra = {k: (None if _missing(v) else v) for k, v in record.items() if k not in RESULT_COLUMNS}
     for i in (5, 6):  # seed, fold: integers (CSV reads them back as floats where a column has blanks)
         values[i] = None if values[i] is None else int(values[i])
-    return (*values, json.dumps(_plain(extra), sort_keys=True))
+    return (*values, json.dumps(extra, sort_keys=True, default=str))
 
 
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and v != v)
-
-
-def _plain(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))

@@ -61,9 +61,8 @@ class RowView(MedicalDataset):
         self.metadata = pd.concat(
             [ds.metadata.iloc[idx].assign(source_split=ds.split) for ds, idx in self.parts], ignore_index=True
         )
-        for attr in ("patient_col",):  # a CSV dataset's own column names travel with its rows
-            if hasattr(first, attr):
-                setattr(self, attr, getattr(first, attr))
+        if hasattr(first, "patient_col"):  # a CSV dataset's patient column travels with its rows
+            self.patient_col = first.patient_col
 
     def image(self, i: int) -> torch.Tensor:
         ds, _ = self.parts[self.sources[i]]

@@ -157,9 +157,7 @@ def model_info(cfg: RunConfig, model, train: MedicalDataset, preprocess: Preproc
 
 
 # --------------------------------------------------------------------------------------------- features
-def features_of(
-    ds: MedicalDataset, extract: Callable[[MedicalDataset], FeatureSet], *, memo: dict | None = None
-) -> FeatureSet:
+def features_of(ds: MedicalDataset, extract: Callable[[MedicalDataset], FeatureSet]) -> FeatureSet:
     """Features of ``ds`` from ``extract`` (the feature cache); a :class:`~medadapt.data.folds.RowView` (a
     cross-validation fold) takes its rows from its sources' features, so every fold of a dataset shares one
     extraction of the official splits."""
