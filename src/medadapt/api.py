@@ -20,7 +20,7 @@ import pandas as pd
 
 from .config import FinetuneConfig, ProbeConfig
 from .driver import CellContext, load_splits, recorded, run_cell, start_run
-from .reporting.results import record_arm_configs, write_results
+from .reporting.results import RUN_DIR, record_arm_configs, write_results
 
 __all__ = ["probe", "finetune", "load_splits", "probe_dir"]
 
@@ -45,6 +45,7 @@ def probe(
         ctx = CellContext(splits=splits, img_size=img_size, device=device, run_dir=probe_dir(out, cfg.head, seed),
                           show_progress=show_progress)  # fmt: skip
         rows = run_cell(cfg, ctx, method="probe", name=out.name, seed=seed)
+        rows = [{**r, RUN_DIR: ctx.run_dir.relative_to(out).as_posix()} for r in rows]
         # after every seed (finished seeds survive a later failure); a rerun replaces its rows, not repeats them
         write_results(rows, out / "results.csv", replace=("run", "head", "seed"))
         frames.append(pd.DataFrame(rows))
@@ -85,6 +86,7 @@ def finetune(
             ctx = CellContext(splits=splits, img_size=img_size, device=device, run_dir=out / name / f"seed{seed}",
                               show_progress=show_progress)  # fmt: skip
             rows = run_cell(arm, ctx, method="finetune", name=name, seed=seed)
+            rows = [{**r, RUN_DIR: f"{name}/seed{seed}"} for r in rows]
             write_results(rows, out / "results.csv", replace=("run", "seed"))  # a resumed run: no repeats
             frames.append(pd.DataFrame(rows))
     return pd.concat(frames, ignore_index=True)

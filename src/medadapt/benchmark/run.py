@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, MedadaptError
 from .executors import EXECUTORS
 from .grid import CellSpec, Grid, load_grid
-from .store import DONE_FILE, ERROR_FILE, Store
+from .store import CELLS, DONE_FILE, ERROR_FILE, Store
 
 __all__ = ["run_benchmark", "plan", "Plan", "grid_status", "GridSummary"]
 
@@ -62,7 +62,7 @@ class GridSummary:
 
 
 def _folder_status(out: Path, cell: CellSpec) -> str | None:
-    folder = out / "cells" / cell.folder
+    folder = out / CELLS / cell.folder
     if (folder / DONE_FILE).is_file():
         return "done"
     if (folder / ERROR_FILE).is_file():
@@ -133,7 +133,7 @@ def run_benchmark(
     failed_before = {k: v["error"] for k, v in statuses.items() if v["status"] == "failed" and k in keys}
     if retry_failed:
         for cell in todo:
-            (out / "cells" / cell.folder / ERROR_FILE).unlink(missing_ok=True)
+            (out / CELLS / cell.folder / ERROR_FILE).unlink(missing_ok=True)
     progress = _Progress(len(grid.cells), sum(v["status"] == "done" for k, v in statuses.items() if k in keys),
                          len([k for k in failed_before if not retry_failed]), show_progress)  # fmt: skip
     by_key = {c.key: c for c in grid.cells}
@@ -290,7 +290,7 @@ def grid_status(out: str | Path) -> tuple[list[str], dict[str, int]]:
     for key, row in rows.items():
         status = row["status"]
         if status != "done":
-            folder = out / "cells" / row["folder"]
+            folder = out / CELLS / row["folder"]
             status = (
                 "done"
                 if (folder / DONE_FILE).is_file()

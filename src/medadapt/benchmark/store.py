@@ -21,12 +21,14 @@ import pandas as pd
 
 from .._io import atomic_write
 from ..errors import ConfigError
-from ..reporting.results import RESULT_COLUMNS, read_results
+from ..reporting.results import RESULT_COLUMNS, RUN_DIR, read_results
 from .grid import CellSpec
 
-__all__ = ["Store", "DONE_FILE", "ERROR_FILE", "STORE_FILE", "STATUSES"]
+__all__ = ["Store", "CELLS", "DONE_FILE", "ERROR_FILE", "STORE_FILE", "STATUSES"]
 
 STORE_FILE = "benchmark.sqlite"
+#: The folder under a grid's ``DIR`` that holds one folder per cell.
+CELLS = "cells"
 DONE_FILE, ERROR_FILE, CELL_RESULTS = "done.json", "error.json", "results.csv"
 STATUSES = ("pending", "running", "done", "failed")
 _SCHEMA = """
@@ -124,7 +126,7 @@ class Store:
     # ---------------------------------------------------------------------------------------- ingest
     def ingest(self, cell: CellSpec) -> str | None:
         """Record a finished cell folder (``done.json`` or ``error.json``); its status, or ``None`` if unfinished."""
-        folder = self.out / "cells" / cell.folder
+        folder = self.out / CELLS / cell.folder
         done, error = folder / DONE_FILE, folder / ERROR_FILE
         if done.is_file():
             info = json.loads(done.read_text())
@@ -154,15 +156,16 @@ class Store:
             return pd.DataFrame(columns=list(RESULT_COLUMNS))
         with self._db() as con:
             rows = con.execute(
-                "SELECT r.* FROM results r JOIN cells c ON c.key = r.key WHERE c.status = 'done' "
+                "SELECT c.folder, r.* FROM results r JOIN cells c ON c.key = r.key WHERE c.status = 'done' "
                 "ORDER BY c.position, r.row"
             ).fetchall()
         records = []
-        for key, _, *values in rows:
+        for folder, key, _, *values in rows:
             if keys is not None and key not in keys:
                 continue
             record = dict(zip(RESULT_COLUMNS, values[:-1]))
             record.update(json.loads(values[-1] or "{}"))
+            record[RUN_DIR] = f"{CELLS}/{folder}"
             records.append(record)
         table = pd.DataFrame(records)
         if table.empty:

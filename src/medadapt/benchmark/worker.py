@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write, exclusive_lock
-from .store import CELL_RESULTS, DONE_FILE, ERROR_FILE
+from .store import CELL_RESULTS, CELLS, DONE_FILE, ERROR_FILE
 
 __all__ = ["execute_cell", "WorkerState"]
 
@@ -47,7 +47,7 @@ def execute_cell(spec: dict[str, Any], out: str | Path, *, state: WorkerState | 
                  show_progress: bool = False) -> str:  # fmt: skip
     """Run the cell ``spec`` (a :class:`~medadapt.benchmark.grid.CellSpec` as a dict) under ``out``; returns
     ``"done"`` or ``"failed"`` (the error is in the folder's ``error.json``; nothing is raised)."""
-    folder = Path(out) / "cells" / spec["folder"]
+    folder = Path(out) / CELLS / spec["folder"]
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(folder / CELL_LOCK):  # not the folder's own lock, which the writers inside take
         if (folder / DONE_FILE).is_file():

@@ -27,6 +27,7 @@ from ..data.base import MedicalDataset
 from ..errors import ConfigError, MedadaptError
 from ..evaluation.metrics import compute_metrics
 from ..reporting.results import (
+    RUN_DIR,
     read_results,
     record_arm_configs,
     results_rows,
@@ -92,7 +93,7 @@ def distill(
                               show_progress=show_progress)  # fmt: skip
             arm_rows = run_cell(cfg, ctx, method="finetune", name=name, seed=seed, objective=objective)
             t, a = setting if setting is not None else (None, 1.0)
-            rows += [{**r, "temperature": t, "alpha": a} for r in arm_rows]
+            rows += [{**r, "temperature": t, "alpha": a, RUN_DIR: f"{name}/seed{seed}"} for r in arm_rows]
             # after every arm, so finished runs survive a later failure; a resumed run replaces its rows
             write_results(rows, out / "results.csv", replace=("run", "seed"))
         frames.append(pd.DataFrame(rows))
@@ -204,7 +205,7 @@ def _teacher_rows(cfg, teacher: Teacher, logits, splits: dict[str, MedicalDatase
         scores = to_scores(teacher.task, logits[split][0]).numpy()
         save_predictions(out / TEACHER / f"seed{seed}", split, labels=ds.labels, scores=scores)
         rows += results_rows(metrics=compute_metrics(teacher.task, ds.labels, scores), split=split, **ids)
-    return rows
+    return [{**r, RUN_DIR: f"{TEACHER}/seed{seed}"} for r in rows]
 
 
 def write_outputs(out: Path, files: dict[str, list[str]]) -> Path:

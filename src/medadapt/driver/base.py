@@ -29,11 +29,11 @@ from .._registry import Registry
 from ..backbones._factory import resolve_alias
 from ..config import RunConfig
 from ..data import SPLITS, MedicalDataset, load_dataset
-from ..data.folds import RowView
+from ..data.folds import RowView, patient_ids
 from ..data.transforms import Preprocess
 from ..errors import BadRowsError
 from ..features import FeatureSet, extract_features
-from ..reporting.results import environment_info, write_environment, write_run_config
+from ..reporting.results import environment_info, save_predictions, write_environment, write_run_config
 from ..saved import ModelInfo, weights_path
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "model_info",
     "features_of",
     "write_history",
+    "save_split_predictions",
     "epoch_bar",
     "HISTORY_FILE",
 ]
@@ -206,6 +207,19 @@ def extractor(cfg, backbone, preprocess, device, *, with_tokens: bool, show_prog
 
 
 # ---------------------------------------------------------------------------------------------- records
+#: Metadata columns every dataset has (a row number, the official split a fold's row came from): no subgroups.
+_PLAIN_METADATA = {"index", "source_split"}
+
+
+def save_split_predictions(run_dir: Path, split: str, ds: MedicalDataset, labels, scores) -> Path:
+    """``run_dir/predictions/{split}.npz`` with the task and the rows' patient ids, and the dataset's metadata
+    (sex, site, a confounder column, ...) as ``{split}.meta.csv`` where it has more than row numbers: what
+    ``medadapt compare`` needs for cluster bootstraps and subgroups without the dataset at hand."""
+    meta = ds.metadata if set(ds.metadata.columns) - _PLAIN_METADATA else None
+    return save_predictions(run_dir, split, labels=labels, scores=scores, task=ds.task,
+                            groups=patient_ids(ds), metadata=meta)  # fmt: skip
+
+
 def write_history(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     """``run_dir/history.csv``: one row per record (per epoch, and per setting of a grid), nested dicts
     flattened to ``name.key`` columns (``lr.head``), atomically."""

@@ -10,10 +10,18 @@ from ..backbones import create_backbone
 from ..config import FinetuneConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
-from ..reporting.results import results_rows, save_predictions
+from ..reporting.results import results_rows
 from ..saved import MODEL_FILE, save_classifier
 from ..strategies import build_classifier
-from .base import METHODS, CellContext, epoch_bar, model_info, preprocess_for, write_history
+from .base import (
+    METHODS,
+    CellContext,
+    epoch_bar,
+    model_info,
+    preprocess_for,
+    save_split_predictions,
+    write_history,
+)
 
 __all__ = ["run_finetune"]
 
@@ -54,7 +62,7 @@ def run_finetune(
         ds = splits[split]
         scores = predict(result.model, ds, preprocess=preprocess, batch_size=cfg.batch_size_eval, device=ctx.device,
                          autocast=tcfg.autocast, num_workers=cfg.num_workers)  # fmt: skip
-        save_predictions(run_dir, split, labels=ds.labels, scores=scores)
+        save_split_predictions(run_dir, split, ds, ds.labels, scores)
         rows += results_rows(metrics=compute_metrics(train.task, ds.labels, scores), split=split, **ids)
     write_history(run_dir, histories)
     info = model_info(cfg, result.model, train, preprocess, img_size=ctx.img_size, seed=seed,

@@ -10,7 +10,7 @@ from ..backbones import create_backbone
 from ..config import ProbeConfig
 from ..evaluation.metrics import compute_metrics
 from ..heads import HEADS
-from ..reporting.results import results_rows, save_predictions
+from ..reporting.results import results_rows
 from ..saved import save_classifier
 from ..strategies import build_classifier
 from ..training.loop import peak_memory, reset_peak_memory
@@ -23,6 +23,7 @@ from .base import (
     features_of,
     model_info,
     preprocess_for,
+    save_split_predictions,
     write_history,
 )
 
@@ -75,7 +76,7 @@ def run_probe(cfg: ProbeConfig, ctx: CellContext, *, name: str, seed: int) -> li
     for split in ("val", "test"):
         fs = feats[split]
         scores = result.predict(fs)
-        save_predictions(ctx.run_dir, split, labels=fs.labels, scores=scores)
+        save_split_predictions(ctx.run_dir, split, ctx.splits[split], fs.labels, scores)
         rows += results_rows(metrics=compute_metrics(train.task, fs.labels, scores), split=split, **ids)
     write_history(ctx.run_dir, _history(result, clock.seconds))
     if result.head_name != "knn":  # a kNN head is its training features: nothing to reload as a model

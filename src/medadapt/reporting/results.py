@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "RESULT_COLUMNS",
+    "RUN_DIR",
+    "META_SUFFIX",
     "results_rows",
     "write_results",
     "read_results",
@@ -77,6 +79,11 @@ _PACKAGES = (
     "open_clip_torch",
     "peft",
 )
+#: An extra results column: the folder holding a row's ``predictions/`` and ``history.csv``, relative to the
+#: folder of the results table (``HEAD/seed0``, ``ARM/seed1``, ``cells/DATASET/BACKBONE/METHOD/fold0/seed0``).
+RUN_DIR = "run_dir"
+#: The row-aligned metadata beside ``predictions/{split}.npz``.
+META_SUFFIX = ".meta.csv"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 StrPath = str | os.PathLike
 
@@ -302,8 +309,13 @@ def save_predictions(
     labels: ArrayLike,
     scores: ArrayLike,
     index: ArrayLike | None = None,
+    groups: ArrayLike | None = None,
+    task: str | None = None,
+    metadata: pd.DataFrame | None = None,
 ) -> Path:
-    """Save row-aligned ``labels``, ``scores`` (and dataset ``index``) to ``out_dir/predictions/{split}.npz``."""
+    """Save row-aligned ``labels``, ``scores`` (and dataset ``index``, patient ``groups``, the ``task``) to
+    ``out_dir/predictions/{split}.npz``, and a row-aligned ``metadata`` table (subgroup columns) beside it as
+    ``{split}.meta.csv``, so that statistics over subgroups and patients need no dataset at hand."""
     if not isinstance(split, str) or not _SAFE_NAME.fullmatch(split):
         raise ConfigError(
             f"split {split!r} must be a plain file name such as 'test' (letters, digits, _ . -)"
@@ -311,18 +323,28 @@ def save_predictions(
     arrays = {"labels": np.asarray(labels), "scores": np.asarray(scores)}
     if index is not None:
         arrays["index"] = np.asarray(index)
+    if groups is not None:
+        arrays["groups"] = np.asarray(groups, dtype=str)
     shapes = {k: v.shape for k, v in arrays.items()}
     if any(len(shape) == 0 for shape in shapes.values()) or len({shape[0] for shape in shapes.values()}) != 1:
         raise DataError(
             f"predictions must be row-aligned arrays with one row per sample, got shapes {shapes}"
         )
+    if metadata is not None and len(metadata) != len(arrays["labels"]):
+        raise DataError(f"metadata has {len(metadata)} rows for {len(arrays['labels'])} predictions")
+    if task is not None:
+        arrays["task"] = np.asarray(task)
+    folder = Path(out_dir) / "predictions"
+    if metadata is not None and len(metadata.columns):
+        atomic_write(folder / f"{split}{META_SUFFIX}", metadata.to_csv(index=False))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    return atomic_write(Path(out_dir) / "predictions" / f"{split}.npz", buffer.getvalue())
+    return atomic_write(folder / f"{split}.npz", buffer.getvalue())
 
 
-def load_predictions(path: StrPath) -> dict[str, np.ndarray]:
-    """Load a file written by :func:`save_predictions`: ``{"labels", "scores"[, "index"]}`` arrays."""
+def load_predictions(path: StrPath) -> dict[str, Any]:
+    """Load a file written by :func:`save_predictions`: ``{"labels", "scores"[, "index", "groups"]}`` arrays,
+    ``"task"`` (a str, where recorded) and ``"metadata"`` (a DataFrame, where a ``.meta.csv`` lies beside it)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(
@@ -330,13 +352,21 @@ def load_predictions(path: StrPath) -> dict[str, np.ndarray]:
         )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            arrays: dict[str, Any] = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read the predictions file {path}: {e}") from e
     if not {"labels", "scores"} <= set(arrays):
         raise DataError(
             f"{path} is not a predictions file: it holds {sorted(arrays)}, expected labels and scores"
         )
+    if "task" in arrays:
+        arrays["task"] = str(arrays["task"])
+    meta = path.with_name(path.name[: -len(".npz")] + META_SUFFIX)
+    if meta.is_file():
+        try:
+            arrays["metadata"] = pd.read_csv(meta, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read the predictions metadata {meta}: {e}") from e
     return arrays
 
 
