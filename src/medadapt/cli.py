@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from ._cli_report import add_compare, add_report
 from .errors import ConfigError, MedadaptError
 
 __all__ = ["main"]
@@ -396,6 +398,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
                    help="local: worker processes, CPU threads divided between them (0: in this process; default 1, "
                    "on GPUs one per device)")  # fmt: skip
     p.add_argument("--retry-failed", action="store_true", help="run the cells that failed again")
+    p.add_argument("--report", action="store_true",
+                   help="then write DIR/report.html (as medadapt report DIR, with its defaults)")  # fmt: skip
     p.add_argument("--data-root", help="folder of dataset files (default: $MEDADAPT_DATA or ~/.medmnist)")
     p.add_argument(
         "--cache-dir", help="feature cache (default: $MEDADAPT_CACHE or ~/.cache/medadapt/features)"
@@ -443,6 +447,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     print(f"{out}: {counts}; results: {summary.results}")
     for key, error in summary.failed.items():
         print(f"failed: {key}: {error.splitlines()[0] if error else ''}", file=sys.stderr)
+    if args.report:
+        from .reporting.report import write_report
+
+        page, _ = write_report([out], Path(out) / "report.html")
+        print(f"report: {page}")
     if summary.failed:
         print(f"medadapt: {len(summary.failed)} cell(s) failed (errors in their error.json); rerun with "
               "--retry-failed to run them again", file=sys.stderr)  # fmt: skip
@@ -462,7 +471,6 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_results(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import pandas as pd
 
@@ -496,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill(sub)
     _add_benchmark(sub)
     _add_results(sub)
+    add_compare(sub)
+    add_report(sub)
     return parser
 
 

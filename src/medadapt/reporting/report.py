@@ -1,0 +1,191 @@
+"""``medadapt report``: one self-contained HTML page from run and grid folders, a pure function of what they
+saved (results tables, predictions, histories, records and figures) and of :func:`compare`'s statistics.
+
+Example:
+    >>> write_report(["runs/grid"], "runs/grid/report.html")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .compare import CompareOptions, Comparison, compare
+from .html import ReportData, render_report
+from .sources import METHOD, Source, Sources, load_sources
+
+__all__ = ["write_report", "report_data", "histories"]
+
+log = logging.getLogger(__name__)
+
+#: History columns drawn as learning curves, where a run has them.
+CURVE_COLUMNS = ("train_loss", "val_loss", "val_auc", "val_acc")
+_PACKAGES = ("medadapt", "torch", "timm")
+
+
+def write_report(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    options: CompareOptions | None = None,
+    title: str | None = None,
+    tables: str | os.PathLike | None = None,
+) -> tuple[Path, Comparison]:
+    """Compare the sources in ``paths`` and render the page to ``out``; also writes the comparison's tables
+    and figures to ``tables`` (default: ``OUT_STEM_files/`` beside the page). Returns the page and the
+    comparison."""
+    out = Path(out)
+    sources = load_sources(paths)
+    result = compare(sources, options or CompareOptions())
+    folder = Path(tables) if tables is not None else out.with_name(out.stem + "_files")
+    written = result.write(folder, figures=False)  # the page draws its own figures: the CD diagram is shared
+    written.update(result.draw(folder / "figures", reliability=False))
+    data = report_data(sources, result, cd_figure=written.get("cd_diagram"), title=title)
+    return render_report(data, out), result
+
+
+def report_data(sources: Sources, result: Comparison, *, cd_figure: Path | None = None,
+                title: str | None = None) -> ReportData:  # fmt: skip
+    """The page's content (see :class:`~medadapt.reporting.html.ReportData`)."""
+    opts = result.options
+    names = ", ".join(s.name for s in sources.sources)
+    summary = result.summary
+    cost_cols = [c for c in ("trainable_params", "peak_memory_bytes", "wall_seconds") if c in summary.columns]
+    warnings = list(result.notes)
+    return ReportData(
+        title=title or f"medadapt report: {names}",
+        metric=opts.metric,
+        higher_is_better=opts.higher_is_better,
+        alpha=opts.alpha,
+        confidence=opts.confidence,
+        generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        runs=pd.DataFrame(
+            [_run_row(s, sources.table[sources.table["source"] == s.name]) for s in sources.sources]
+        ),
+        leaderboard=summary,
+        sentences=list(result.sentences),
+        friedman=result.friedman,
+        cd_figure=cd_figure,
+        ranks=result.ranks,
+        pairwise=result.pairwise,
+        cost=summary[["dataset", METHOD, "mean", *cost_cols]],
+        histories=histories(result.cells),
+        calibration=result.calibration,
+        reliability=result.reliability,
+        subgroups=_subgroup_rows(result),
+        subgroup_gaps=result.subgroup_gaps,
+        confounder=result.confounder,
+        figures=_figures(sources),
+        warnings=warnings,
+    )
+
+
+def _subgroup_rows(result: Comparison) -> pd.DataFrame | None:
+    """The subgroup table on the compared metric (the CSV keeps every metric)."""
+    if result.subgroups is None:
+        return None
+    rows = result.subgroups[result.subgroups["metric"] == result.options.metric]
+    return rows.drop(columns=["metric"])
+
+
+def _run_row(source: Source, t: pd.DataFrame) -> dict[str, Any]:
+    scored = t[t["split"] == "test"]
+    seconds = t[(t["split"] == "cost") & (t["metric"] == "wall_seconds")]["value"].sum()
+    env = source.env
+    packages = env.get("packages", {}) if isinstance(env.get("packages"), dict) else {}
+    versions = ", ".join(f"{p} {packages[p]}" for p in _PACKAGES if packages.get(p))
+    machine = env.get("gpu") or env.get("cpu") or ""
+    if env.get("cpu_count") and not env.get("gpu"):
+        machine = f"{machine} ({env['cpu_count']} CPUs)"
+    folds = sorted({-1 if pd.isna(f) else int(f) for f in scored["fold"]})
+    return {
+        "source": source.name,
+        "kind": source.kind,
+        "datasets": ", ".join(sorted(scored["dataset"].dropna().unique())),
+        "backbones": ", ".join(sorted(scored["backbone"].dropna().unique())),
+        "methods": ", ".join(sorted(scored[METHOD].dropna().unique())) if METHOD in scored else "",
+        "seeds": ", ".join(str(int(s)) for s in sorted(scored["seed"].dropna().unique())),
+        "folds": ", ".join("official" if f < 0 else str(f) for f in folds),
+        "cells": int(scored.drop_duplicates(["dataset", "run", "backbone", "head", "seed", "fold"]).shape[0]),
+        "seconds": float(seconds),
+        "machine": machine,
+        "versions": versions,
+        "git": (env.get("git_sha") or "")[:10],
+    }
+
+
+def histories(cells: pd.DataFrame) -> pd.DataFrame:
+    """Learning curves of every cell with a ``history.csv``, long: dataset, method, seed, fold, epoch, column,
+    value. A probe's history holds every learning rate it tried: only the selected one is kept."""
+    frames = []
+    for c in cells.itertuples(index=False):
+        path = Path(c.run_path) / "history.csv" if isinstance(c.run_path, str) else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            h = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        if "epoch" not in h.columns or h["epoch"].isna().all():
+            continue  # kNN: nothing trains
+        if "setting" in h.columns:
+            h = h[h["setting"] == _selected_setting(path.parent, h)]
+        cols = [col for col in CURVE_COLUMNS if col in h.columns]
+        long = h.melt(id_vars=["epoch"], value_vars=cols, var_name="column", value_name="value").dropna()
+        frames.append(
+            long.assign(dataset=c.dataset, **{METHOD: getattr(c, METHOD)}, seed=c.seed, fold=c.fold)
+        )
+    if not frames:
+        return pd.DataFrame(columns=["dataset", METHOD, "seed", "fold", "epoch", "column", "value"])
+    table = pd.concat(frames, ignore_index=True)
+    return table[["dataset", METHOD, "seed", "fold", "epoch", "column", "value"]]
+
+
+def _selected_setting(run: Path, history: pd.DataFrame) -> str:
+    """The probe setting (``lr=...``) its results selected, else the one with the best final val AUC."""
+    results = run / "results.csv"
+    if results.is_file():
+        try:
+            selected = pd.read_csv(results, usecols=["selected"])["selected"].dropna()
+        except (ValueError, pd.errors.ParserError):
+            selected = pd.Series(dtype=str)
+        for text in selected:
+            setting = str(text).split(";")[0]
+            if setting in set(history["setting"]):
+                return setting
+    last = history.dropna(subset=["val_auc"]) if "val_auc" in history else history
+    if last.empty:
+        return str(history["setting"].iloc[0])
+    return str(last.sort_values(["epoch", "val_auc"]).iloc[-1]["setting"])
+
+
+def _figures(sources: Sources) -> list[tuple[str, Path]]:
+    """Figures a run wrote and listed in its ``outputs.json`` (distillation: t-SNE, Grad-CAM, ablations)."""
+    found = []
+    for s in sources.sources:
+        root = s.path if s.path.is_dir() else s.path.parent
+        listed = root / "outputs.json"
+        if not listed.is_file():
+            continue
+        try:
+            files = json.loads(listed.read_text()).get("figures", [])
+        except (json.JSONDecodeError, AttributeError, OSError):
+            continue
+        for f in files:
+            path = root / f
+            if path.suffix.lower() == ".png" and path.is_file():
+                found.append((f"{s.name}: {Path(f).stem.replace('_', ' ')}", path))
+    return found
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.floating)) and math.isfinite(float(x))
