@@ -128,7 +128,11 @@ def test_degenerate_blocks() -> None:
     agree = pd.DataFrame({"a": [3.0, 2, 5, 4], "b": [2.0, 1, 4, 3], "c": [1.0, 0, 3, 2]})
     r = friedman_test(agree)
     assert r["chi2"] == pytest.approx(4 * 2) and r["iman_davenport_f"] == math.inf
-    assert r["iman_davenport_p"] == 0.0
+    assert r["iman_davenport_p"] == pytest.approx(r["p_value"])  # the F approximation breaks down: chi2's p
+    two = friedman_test(agree.iloc[:2])  # 2 blocks, 3 methods: the exact p is 1/6, never "rejects at 0.05"
+    assert (
+        two["iman_davenport_p"] > 0.05 and "does not reject" in describe(two, nemenyi_test(agree.iloc[:2]))[0]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Nemenyi

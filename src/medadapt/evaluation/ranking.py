@@ -207,8 +207,10 @@ def _iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
     # Neither scipy nor scikit-posthocs offers it: F_F = (N-1) chi2 / (N(k-1) - chi2) with k-1 and (k-1)(N-1)
     # degrees of freedom (Iman & Davenport 1980; Demšar 2006, Section 3.2.2).
     denominator = n * (k - 1) - chi2
-    if denominator <= _REL_TOL * n * (k - 1):  # every block ranks the methods alike: chi2 at its maximum
-        return math.inf, 0.0
+    if denominator <= _REL_TOL * n * (k - 1):
+        # every block ranks the methods alike: chi2 is at its maximum and F infinite, where the F approximation
+        # says nothing (with 2 blocks and 3 methods the exact p is 1/6, not 0): the chi-square p stands in
+        return math.inf, float(stats.chi2.sf(chi2, k - 1))
     f = (n - 1) * chi2 / denominator
     return f, float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
 
@@ -238,7 +240,8 @@ def friedman_test(
     ``iman_davenport_p`` (F = (N-1) chi2 / (N(k-1) - chi2) with k-1 and (k-1)(N-1) degrees of freedom, less
     conservative than chi2: Demšar recommends it), ``iman_davenport_df``, ``tie_correction``,
     ``higher_is_better``, ``dropped_blocks`` (labels of the blocks with a missing score) and ``note`` (dropped
-    blocks and ties, "" when neither). When every block ranks the methods alike the F is ``inf`` and its p 0.
+    blocks and ties, "" when neither). When every block ranks the methods alike the F is ``inf`` and its p is the chi-square p (the F
+    approximation breaks down there).
 
     Raises:
         ConfigError: fewer than 3 methods, or fewer than 2 complete blocks.

@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .bootstrap import Units, bootstrap_statistic, prepare_metric
+from .calibration import LOWER_IS_BETTER
 
 __all__ = ["subgroup_report", "confounder_report", "MIN_CLASS", "SUBGROUP_METRICS", "group_values"]
 
@@ -131,12 +132,13 @@ def subgroup_report(*, cells: Sequence[dict], which: Sequence[int], units: Seque
             opts = dict(n_resamples=n_resamples, confidence=confidence, seed=seed, min_group=min_group)
             rows.append({"column": column, "group": level, **_measure(cells, which, units, masks, m, **opts)})
     table = pd.DataFrame(rows)
-    return table, _gaps(table, column, lower_is_better=metric in ("ece", "brier"))
+    return table, _gaps(table, column)
 
 
-def _gaps(table: pd.DataFrame, column: str, *, lower_is_better: bool) -> pd.DataFrame:
+def _gaps(table: pd.DataFrame, column: str) -> pd.DataFrame:
     rows = []
     for m, part in table.groupby("metric", sort=False):
+        lower_is_better = m in LOWER_IS_BETTER
         known = part.dropna(subset=["value"])
         if len(known) < 2:
             rows.append({"column": column, "metric": m, "gap": math.nan, "best_group": "", "worst_group": "",

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 #: How Friedman blocks are formed: ``auto`` (datasets when there are two or more, else cells).
 BLOCKS = ("auto", "datasets", "cells")
 _INFO = ["backbone", "strategy", "head"]
+#: The bootstrap's nan rule (:mod:`medadapt.evaluation.bootstrap`): at most this share of undefined resamples.
+_MAX_NAN = 0.01
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Comparison:
     subgroups: pd.DataFrame | None = None
     subgroup_gaps: pd.DataFrame | None = None
     confounder: pd.DataFrame | None = None
+    confounder_gaps: pd.DataFrame | None = None
     sentences: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -121,7 +124,7 @@ class Comparison:
         out = Path(out)
         paths: dict[str, Path] = {}
         for name in ("summary", "cells", "ranks", "holm", "pairwise", "calibration", "reliability", "subgroups",
-                     "subgroup_gaps", "confounder"):  # fmt: skip
+                     "subgroup_gaps", "confounder", "confounder_gaps"):  # fmt: skip
             table = getattr(self, name)
             if table is not None and len(table):
                 buffer = io.StringIO()
@@ -197,10 +200,13 @@ def compare(sources: Sources, options: CompareOptions | None = None, **kwargs: A
     if opts.subgroup:
         result.subgroups, result.subgroup_gaps = _by_group(cells, preds, opts, subgroup_report, opts.subgroup)
     if opts.confounder:
-        result.confounder, _ = _by_group(cells, preds, opts, confounder_report, opts.confounder)
+        result.confounder, result.confounder_gaps = _by_group(
+            cells, preds, opts, confounder_report, opts.confounder
+        )
     if missing:
-        result.notes.append(f"predictions missing for {len(missing)} cell(s): bootstrap intervals, calibration "
-                            f"and subgroups leave them out: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")  # fmt: skip
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        result.notes.append(f"predictions missing for {len(missing)} cell(s): a method with any of them gets no "
+                            f"bootstrap interval; calibration and subgroups use its other cells: {shown}")  # fmt: skip
     return result
 
 
@@ -361,30 +367,39 @@ def _pairwise(cells: pd.DataFrame, dists: dict, opts: CompareOptions) -> pd.Data
 
 
 def _pair(paired: pd.DataFrame, da, db, opts: CompareOptions) -> dict[str, Any]:
+    """Scores of the cells both methods have; the bootstrap only where both have the same cells (so that the
+    two distributions are of the same test images, resampled alike), under the nan rule of the bootstrap."""
     diff = (paired.iloc[:, 0] - paired.iloc[:, 1]).to_numpy(dtype=float)
     out = {"n": len(diff), "mean_diff": float(diff.mean()) if len(diff) else math.nan,
            "boot_low": math.nan, "boot_high": math.nan, "boot_p": math.nan, "wilcoxon_p": _wilcoxon(diff)}  # fmt: skip
-    if da is not None and db is not None and _same_sets(da, db):
-        d = da[2] - db[2]
-        d = d[np.isfinite(d)]
-        if d.size:
-            tail = (1 - opts.confidence) / 2
-            out["boot_low"], out["boot_high"] = (float(v) for v in np.quantile(d, [tail, 1 - tail]))
-            out["boot_p"] = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+    if da is None or db is None or not _same_cells(da, db, len(diff)):
+        return out
+    d = da[2] - db[2]
+    finite = d[np.isfinite(d)]
+    if finite.size and finite.size >= (1 - _MAX_NAN) * d.size:
+        tail = (1 - opts.confidence) / 2
+        out["boot_low"], out["boot_high"] = (float(v) for v in np.quantile(finite, [tail, 1 - tail]))
+        out["boot_p"] = float(min(1.0, 2 * min(np.mean(finite <= 0), np.mean(finite >= 0))))
     return out
 
 
-def _same_sets(da, db) -> bool:
-    """Both methods' bootstraps drew the same resamples of the same test images (paired)."""
+def _same_cells(da, db, n_paired: int) -> bool:
+    """Both methods have the same cells (seed, fold), all paired, on test sets of the same sizes: their
+    bootstraps (same seed) drew the same resamples."""
     (ga, ua, _), (gb, ub, _) = da, db
-    same_units = [u.n_rows for u in ua] == [u.n_rows for u in ub]
-    return same_units and sorted(ga["fold"].unique()) == sorted(gb["fold"].unique())
+    cells_a, cells_b = set(zip(ga["seed"], ga["fold"])), set(zip(gb["seed"], gb["fold"]))
+    same_sizes = [u.n_rows for u in ua] == [u.n_rows for u in ub]
+    return cells_a == cells_b and len(cells_a) == n_paired and same_sizes
 
 
 def _wilcoxon(diff: np.ndarray) -> float:
-    if diff.size < 2 or not np.any(diff):
+    """Two-sided signed-rank p over paired cells, zero differences split between the signs (``zsplit``, as
+    Demšar advises and the Holm tests do); 1 when every difference is 0, nan with fewer than 2 pairs."""
+    if diff.size < 2:
         return math.nan
-    return float(stats.wilcoxon(diff, alternative="two-sided").pvalue)
+    if not np.any(diff):
+        return 1.0
+    return float(stats.wilcoxon(diff, zero_method="zsplit", alternative="two-sided").pvalue)
 
 
 # ----------------------------------------------------------------------------------------------- ranking

@@ -69,7 +69,7 @@ def report_data(sources: Sources, result: Comparison, *, cd_figure: Path | None 
         confidence=opts.confidence,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         runs=pd.DataFrame(
-            [_run_row(s, sources.table[sources.table["source"] == s.name]) for s in sources.sources]
+            [_run_row(s, sources.table[sources.table["source"] == s.name], opts.split) for s in sources.sources]
         ),
         leaderboard=summary,
         sentences=list(result.sentences),
@@ -82,7 +82,7 @@ def report_data(sources: Sources, result: Comparison, *, cd_figure: Path | None 
         calibration=result.calibration,
         reliability=result.reliability,
         subgroups=_subgroup_rows(result),
-        subgroup_gaps=result.subgroup_gaps,
+        subgroup_gaps=_on_metric(result.subgroup_gaps, opts.metric),
         confounder=result.confounder,
         figures=_figures(sources),
         warnings=warnings,
@@ -91,14 +91,17 @@ def report_data(sources: Sources, result: Comparison, *, cd_figure: Path | None 
 
 def _subgroup_rows(result: Comparison) -> pd.DataFrame | None:
     """The subgroup table on the compared metric (the CSV keeps every metric)."""
-    if result.subgroups is None:
+    return _on_metric(result.subgroups, result.options.metric)
+
+
+def _on_metric(table: pd.DataFrame | None, metric: str) -> pd.DataFrame | None:
+    if table is None:
         return None
-    rows = result.subgroups[result.subgroups["metric"] == result.options.metric]
-    return rows.drop(columns=["metric"])
+    return table[table["metric"] == metric].drop(columns=["metric"])
 
 
-def _run_row(source: Source, t: pd.DataFrame) -> dict[str, Any]:
-    scored = t[t["split"] == "test"]
+def _run_row(source: Source, t: pd.DataFrame, split: str) -> dict[str, Any]:
+    scored = t[t["split"] == split]
     seconds = t[(t["split"] == "cost") & (t["metric"] == "wall_seconds")]["value"].sum()
     env = source.env
     packages = env.get("packages", {}) if isinstance(env.get("packages"), dict) else {}
