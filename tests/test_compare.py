@@ -129,12 +129,7 @@ def test_a_method_against_its_copy_differs_by_exactly_zero(tmp_path):
     t.to_csv(run / "results.csv", index=False)
     pairs = compare(load_sources([run]), n_resamples=200).pairwise.set_index(["method_a", "method_b"])
     row = pairs.loc[("bb · a", "bb · b")]
-    assert (
-        row["mean_diff"] == 0
-        and row["boot_low"] == 0
-        and row["boot_high"] == 0
-        and row["wilcoxon_p"] == 1
-    )
+    assert row["mean_diff"] == 0 and row["boot_low"] == 0 and row["boot_high"] == 0 and row["wilcoxon_p"] == 1
 
 
 def test_friedman_over_datasets_matches_scipy_and_cells_with_one_dataset(run, result):

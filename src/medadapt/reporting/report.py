@@ -69,7 +69,10 @@ def report_data(sources: Sources, result: Comparison, *, cd_figure: Path | None 
         confidence=opts.confidence,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         runs=pd.DataFrame(
-            [_run_row(s, sources.table[sources.table["source"] == s.name], opts.split) for s in sources.sources]
+            [
+                _run_row(s, sources.table[sources.table["source"] == s.name], opts.split)
+                for s in sources.sources
+            ]
         ),
         leaderboard=summary,
         sentences=list(result.sentences),
