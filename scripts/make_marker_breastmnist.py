@@ -53,6 +53,7 @@ class MarkerRule:
     row: int = 2  # top-left pixel of the square
     col: int = 2
     value: int = 255
+    burned: bool = True  # False: the control, the same draws and ``marker`` column, the images unchanged
 
     def __post_init__(self) -> None:
         for flag, p in (("--p-malignant", self.p_malignant), ("--p-benign", self.p_benign)):
@@ -79,10 +80,17 @@ class MarkerRule:
     def burn(self, image: np.ndarray) -> np.ndarray:
         """A copy of ``image`` [H, W] with the marker square set to ``value``."""
         out = image.copy()
+        if not self.burned:
+            return out
         out[self.row : self.row + self.size, self.col : self.col + self.size] = self.value
         return out
 
     def describe(self) -> str:
+        if not self.burned:
+            return (
+                f"no marker burned in (the control): the `marker` column of the same draws (probability "
+                f"{self.p_malignant:g} if malignant, {self.p_benign:g} if benign), the images as they are"
+            )
         return (
             f"a {self.size}x{self.size} px square of value {self.value} with its top-left pixel at row "
             f"{self.row}, column {self.col}, burned into each image independently with probability "
@@ -227,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the marker's top-left pixel (default 2 2: the top-left corner)")  # fmt: skip
     parser.add_argument("--value", type=int, default=255, help="the marker's gray level")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-burn", action="store_true",
+                        help="the control: the same marker column, but no marker drawn into the images")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace this script's files in --out")
     return parser.parse_args(argv)
 
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         rule = MarkerRule(p_malignant=args.p_malignant, p_benign=args.p_benign, size=args.size,
-                          row=args.position[0], col=args.position[1], value=args.value)  # fmt: skip
+                          row=args.position[0], col=args.position[1], value=args.value,
+                          burned=not args.no_burn)  # fmt: skip
         counts = make(npz=args.npz, out=args.out, rule=rule, seed=args.seed, overwrite=args.overwrite)
     except MedadaptError as e:
         print(f"make_marker_breastmnist: error: {e}", file=sys.stderr)

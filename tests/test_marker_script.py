@@ -176,3 +176,17 @@ def test_errors_exit_2_with_one_line(script, tmp_path, capsys, case, message):
     assert "Traceback" not in err
     assert (tmp_path / "full" / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "out").exists()  # nothing is written before the checks pass
+
+
+def test_the_control_has_the_same_marker_column_and_unchanged_images(script, tmp_path):
+    npz = write_npz(tmp_path / "breastmnist.npz")
+    assert _run(script, npz, tmp_path / "burned") == 0
+    assert _run(script, npz, tmp_path / "control", "--no-burn") == 0
+    burned, control = (
+        pd.read_csv(tmp_path / "burned" / "labels.csv"),
+        pd.read_csv(tmp_path / "control" / "labels.csv"),
+    )
+    assert burned.equals(control) and (control["marker"] == "yes").any()
+    source = np.load(npz)
+    for row in control.itertuples():
+        assert (_png(tmp_path / "control", row.path) == source[f"{row.split}_images"][row.source_index]).all()

@@ -94,8 +94,8 @@ def _print_summary(result) -> None:
     if result.confounder is not None:
         flagged = result.confounder[result.confounder["flagged"]]
         for (dataset, method), _ in flagged.groupby(["dataset", "method"], sort=False):
-            print(f"shortcut check: {dataset} / {method} is flagged (sensitivity or specificity differs by "
-                  f">= {opts.gap:g} between levels of {opts.confounder!r})")  # fmt: skip
+            print(f"shortcut check: {dataset} / {method} is flagged (its sensitivity or specificity gap between "
+                  f"levels of {opts.confounder!r} is >= {opts.gap:g} and its interval excludes 0)")  # fmt: skip
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:

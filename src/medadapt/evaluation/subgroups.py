@@ -13,8 +13,10 @@ specificity that many negatives. Such entries are ``nan`` with a ``note`` saying
 number from a handful of images. Counts are per test pass (each fold's test set once, not once per seed).
 
 **Shortcut check** (:func:`confounder_report`, binary tasks): sensitivity (recall of the positive class,
-column 1) and specificity within each level of the confounder, with intervals; a method is ``flagged`` when
-the sensitivity or the specificity differs between levels by at least ``gap_threshold`` (default 0.10).
+column 1) and specificity within each level of the confounder, with intervals, and for each the gap between
+its best and worst level with a paired bootstrap interval; a method is ``flagged`` when either gap is at
+least ``gap_threshold`` (default 0.10) and its interval excludes 0 (a gap beyond the sampling noise of small
+groups, not only a large one).
 """
 
 from __future__ import annotations
@@ -155,8 +157,8 @@ def confounder_report(*, cells: Sequence[dict], which: Sequence[int], units: Seq
                       metric: str = "auc", n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
                       min_group: int = 10, gap_threshold: float = 0.10) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """Sensitivity and specificity within each level of the confounder ``column`` (binary tasks), with
-    intervals; ``flagged`` where either differs between levels by ``gap_threshold`` or more.
-    Returns ``(levels, gaps)``."""
+    intervals; their gaps between levels with paired intervals; ``flagged`` where a gap is at least
+    ``gap_threshold`` and its interval excludes 0. Returns ``(levels, gaps)``."""
     if any(p["task"] != "binary" for p in cells):
         raise DataError(f"the shortcut check ({column!r}) needs a binary task (sensitivity of class 1); "
                         f"these predictions are {cells[0]['task']}: use subgroups instead")  # fmt: skip
@@ -172,14 +174,36 @@ def confounder_report(*, cells: Sequence[dict], which: Sequence[int], units: Seq
                      "specificity": spec["value"], "spec_low": spec["low"], "spec_high": spec["high"],
                      "note": "; ".join(n for n in (sens["note"], spec["note"]) if n)})  # fmt: skip
     table = pd.DataFrame(rows)
-    gaps = {k: _spread(table[k]) for k in ("sensitivity", "specificity")}
-    flagged = any(g >= gap_threshold for g in gaps.values() if np.isfinite(g))
+    gap_row: dict[str, Any] = {"column": column}
+    for name in ("sensitivity", "specificity"):
+        gap_row.update(_gap(cells, which, units, values, table, name, n_resamples=n_resamples,
+                            confidence=confidence, seed=seed))  # fmt: skip
+    flagged = any(
+        np.isfinite(gap_row[f"{k}_gap"])
+        and gap_row[f"{k}_gap"] >= gap_threshold
+        and gap_row[f"{k}_gap_low"] > 0
+        for k in ("sensitivity", "specificity")
+    )
     table["flagged"] = flagged
-    gap = pd.DataFrame([{"column": column, "sensitivity_gap": gaps["sensitivity"],
-                         "specificity_gap": gaps["specificity"], "threshold": gap_threshold, "flagged": flagged}])  # fmt: skip
-    return table, gap
+    return table, pd.DataFrame([{**gap_row, "threshold": gap_threshold, "flagged": flagged}])
 
 
-def _spread(values: pd.Series) -> float:
-    known = values.dropna()
-    return float(known.max() - known.min()) if len(known) >= 2 else math.nan
+def _gap(cells, which, units, values, table: pd.DataFrame, name: str, **boot: Any) -> dict[str, Any]:
+    """The gap of ``name`` between its best and worst level, with a paired bootstrap interval (both levels'
+    rows weighted by the same resamples)."""
+    known = table.dropna(subset=[name])
+    out = {f"{name}_gap": math.nan, f"{name}_gap_low": math.nan, f"{name}_gap_high": math.nan}
+    if len(known) < 2:
+        return out
+    hi, lo = known.loc[known[name].idxmax(), "level"], known.loc[known[name].idxmin(), "level"]
+    fns = [prepare_metric(name, p["task"], p["labels"], p["scores"]) for p in cells]
+    m_hi, m_lo = [v == hi for v in values], [v == lo for v in values]
+
+    def statistic(weights: list[np.ndarray]) -> np.ndarray:
+        return np.mean(
+            [fn(weights[k] * a) - fn(weights[k] * b) for fn, k, a, b in zip(fns, which, m_hi, m_lo)], 0
+        )
+
+    res = bootstrap_statistic(units, statistic, **boot)
+    out.update({f"{name}_gap": res.estimate, f"{name}_gap_low": res.low, f"{name}_gap_high": res.high})
+    return out

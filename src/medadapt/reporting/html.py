@@ -93,6 +93,7 @@ class ReportData:
     subgroups: pd.DataFrame | None = None
     subgroup_gaps: pd.DataFrame | None = None
     confounder: pd.DataFrame | None = None
+    confounder_gaps: pd.DataFrame | None = None
     figures: list[tuple[str, Path]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -211,7 +212,19 @@ def _present(df: pd.DataFrame | None) -> bool:
 #: How a table column's values are shown (by column name); any other column is shown as text.
 _FORMATS: dict[str, Callable[[Any], str]] = {
     **dict.fromkeys(
-        ["mean", "std", "ece", "brier", "value", "gap", "sensitivity", "specificity"], fmt_number
+        [
+            "mean",
+            "std",
+            "ece",
+            "brier",
+            "value",
+            "gap",
+            "sensitivity",
+            "specificity",
+            "sensitivity_gap",
+            "specificity_gap",
+        ],
+        fmt_number,
     ),
     "mean_diff": fmt_number,
     "average_rank": lambda v: fmt_number(v, 2),
@@ -223,7 +236,9 @@ _FORMATS: dict[str, Callable[[Any], str]] = {
 }
 #: Interval cells made from two columns: ``NAME_interval`` from (low, high).
 _INTERVALS = {"t": ("t_low", "t_high"), "boot": ("boot_low", "boot_high"), "ci": ("low", "high"),
-              "sens": ("sens_low", "sens_high"), "spec": ("spec_low", "spec_high")}  # fmt: skip
+              "sens": ("sens_low", "sens_high"), "spec": ("spec_low", "spec_high"),
+              "sens_gap": ("sensitivity_gap_low", "sensitivity_gap_high"),
+              "spec_gap": ("specificity_gap_low", "specificity_gap_high")}  # fmt: skip
 _RUN_ORDER = ["source", "kind", "datasets", "backbones", "methods", "seeds", "folds", "cells", "seconds",
               "machine", "versions", "git"]  # fmt: skip
 
@@ -459,7 +474,13 @@ class _Page:
             cells["flag"] = "⚠ flagged" if flag else ""
         alt = "sensitivity per confounder level on {}, with intervals; flagged levels marked"
         figures = self.per_dataset(conf, "shortcut", plots.plot_sensitivity, alt)
-        return {"rows": rows, "figures": figures, "flagged": int(flagged.sum())}
+        gaps = self.data.confounder_gaps
+        gap_rows = (
+            _rows(gaps, css=lambda r: "flagged" if _is_true(r.get("flagged")) else "")
+            if _present(gaps)
+            else []
+        )
+        return {"rows": rows, "figures": figures, "flagged": int(flagged.sum()), "gaps": gap_rows}
 
     def extra_figures(self) -> list[dict] | None:
         shown = [self.file_figure(f"fig-extra-{i}", str(caption), path)

@@ -87,6 +87,7 @@ def report_data(sources: Sources, result: Comparison, *, cd_figure: Path | None 
         subgroups=_subgroup_rows(result),
         subgroup_gaps=_on_metric(result.subgroup_gaps, opts.metric),
         confounder=result.confounder,
+        confounder_gaps=result.confounder_gaps,
         figures=_figures(sources),
         warnings=warnings,
     )
