@@ -4,7 +4,7 @@ The grid is written without training, in the layout ``medadapt benchmark`` leave
 test and cost rows with ``run_dir``), and per cell ``cells/DATASET/BACKBONE/METHOD/foldK/seedS/`` with
 ``predictions/{val,test}.npz`` and a 30-epoch ``history.csv``. Default shape: 2 datasets (test sets of 156
 and 624 images, BreastMNIST's and PneumoniaMNIST's sizes; 5-fold CV on the first: 5 test sets of ~156;
-the official split on the second) x 5 backbones x 10 methods x the rest in seeds: 500 cells. Scores are
+the official split on the second) x 5 backbones x 5 methods x 20 cells (3 seeds x 5 folds, 5 seeds on the official split): 500 cells. Scores are
 synthetic (a method's strength plus noise).
 
 Timed: the real CLI in a subprocess (``medadapt report DIR -o DIR/report.html``: interpreter start, imports,
@@ -38,13 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backbones", type=int, default=5, help="(default: %(default)s)")
-    parser.add_argument("--methods", type=int, default=10, help="(default: %(default)s)")
+    parser.add_argument("--methods", type=int, default=5, help="(default: %(default)s)")
     parser.add_argument(
         "--seeds", type=int, default=3, help="per fold on the CV dataset (default: %(default)s)"
     )
     parser.add_argument("--folds", type=int, default=5, help="on the CV dataset (default: %(default)s)")
     parser.add_argument(
-        "--official-seeds", type=int, default=2, help="on the official-split dataset (default: %(default)s)"
+        "--official-seeds", type=int, default=5, help="on the official-split dataset (default: %(default)s)"
     )
     parser.add_argument(
         "--resamples", type=int, default=2000, help="bootstrap resamples (default: %(default)s)"
