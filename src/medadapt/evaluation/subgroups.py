@@ -195,7 +195,8 @@ def _gap(cells, which, units, values, table: pd.DataFrame, name: str, **boot: An
     out = {f"{name}_gap": math.nan, f"{name}_gap_low": math.nan, f"{name}_gap_high": math.nan}
     if len(known) < 2:
         return out
-    hi, lo = known.loc[known[name].idxmax(), "level"], known.loc[known[name].idxmin(), "level"]
+    order = known.sort_values(name, kind="stable")["level"].tolist()  # two levels even where they tie
+    hi, lo = order[-1], order[0]
     fns = [prepare_metric(name, p["task"], p["labels"], p["scores"]) for p in cells]
     m_hi, m_lo = [v == hi for v in values], [v == lo for v in values]
 

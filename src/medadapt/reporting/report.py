@@ -119,7 +119,7 @@ def _run_row(source: Source, t: pd.DataFrame, split: str) -> dict[str, Any]:
         "kind": source.kind,
         "datasets": ", ".join(sorted(scored["dataset"].dropna().unique())),
         "backbones": ", ".join(sorted(scored["backbone"].dropna().unique())),
-        "methods": ", ".join(sorted(scored[METHOD].dropna().unique())) if METHOD in scored else "",
+        "methods": _methods_text(scored),
         "seeds": ", ".join(str(int(s)) for s in sorted(scored["seed"].dropna().unique())),
         "folds": ", ".join("official" if f < 0 else str(f) for f in folds),
         "cells": int(scored.drop_duplicates(["dataset", "run", "backbone", "head", "seed", "fold"]).shape[0]),
@@ -128,6 +128,13 @@ def _run_row(source: Source, t: pd.DataFrame, split: str) -> dict[str, Any]:
         "versions": versions,
         "git": (env.get("git_sha") or "")[:10],
     }
+
+
+def _methods_text(scored: pd.DataFrame) -> str:
+    """The run names (grid methods, arms, heads) and how many backbone x method combinations they make."""
+    runs = sorted(scored["run"].dropna().astype(str).unique())
+    combos = scored[METHOD].nunique() if METHOD in scored else len(runs)
+    return f"{', '.join(runs)} ({combos} with the backbones)" if combos != len(runs) else ", ".join(runs)
 
 
 def histories(cells: pd.DataFrame) -> pd.DataFrame:
