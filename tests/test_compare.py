@@ -164,7 +164,10 @@ def test_the_shortcut_check_flags_the_method_that_reads_the_marker(result):
     gaps = result.confounder_gaps.set_index(["dataset", "method"])
     mid = gaps.loc[("d1", "bb · mid")]
     assert mid["sensitivity_gap"] == pytest.approx(marked["sensitivity"] - plain["sensitivity"])
-    assert 0 < mid["sensitivity_gap_low"] <= mid["sensitivity_gap"] <= mid["sensitivity_gap_high"] and mid["flagged"]
+    assert (
+        0 < mid["sensitivity_gap_low"] <= mid["sensitivity_gap"] <= mid["sensitivity_gap_high"]
+        and mid["flagged"]
+    )
 
 
 def test_groups_too_small_say_so_instead_of_a_number(result):
