@@ -229,3 +229,12 @@ def test_bad_compare_input_is_one_line_exit_2(run, tmp_path, capsys, args, messa
 def test_a_folder_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "no results table at" in capsys.readouterr().err
+
+
+def test_each_cell_gets_the_bootstrap_interval_of_its_own_predictions(run, result):
+    cells = result.cells.set_index(["dataset", "method", "seed"])
+    row = cells.loc[("d2", "bb · mid", 1)]
+    p = np.load(run / "d2" / "mid" / "seed1" / "predictions" / "test.npz")
+    ref = bootstrap_ci("binary", p["labels"], p["scores"], metric="auc", n_resamples=500, seed=0)
+    assert (row["boot_low"], row["boot_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert row["boot_low"] < row["value"] < row["boot_high"]

@@ -64,6 +64,8 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "Writes CSV tables, comparison.json and figures to --out.",
     )
     _add_options(p)
+    p.add_argument("--no-cell-intervals", action="store_false", dest="cell_intervals",
+                   help="skip each cell's own bootstrap interval in cells.csv (the methods' intervals stay)")  # fmt: skip
     p.add_argument("--out", help="where to write the tables and figures (default: FIRST/compare)")
     p.set_defaults(func=_run_compare)
 
@@ -107,6 +109,8 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         "figures are written beside it (OUT_files/).",
     )
     _add_options(p)
+    p.add_argument("--cell-intervals", action="store_true",
+                   help="also each cell's own bootstrap interval in OUT_files/cells.csv (the page does not show it)")  # fmt: skip
     p.add_argument("-o", "--output", default=None, help="the HTML file (default: FIRST/report.html)")
     p.add_argument("--title", help="the page title")
     p.set_defaults(func=_run_report)

@@ -79,6 +79,7 @@ class CompareOptions:
     gap: float = 0.10
     min_group: int = 10
     calibration_bins: int = 15
+    cell_intervals: bool = True
 
     def __post_init__(self) -> None:
         if self.blocks not in BLOCKS:
@@ -193,6 +194,8 @@ def compare(sources: Sources, options: CompareOptions | None = None, **kwargs: A
     preds = _load_predictions(sources, cells, opts)
     missing = [_cell_name(c) for c in cells.itertuples() if c.Index not in preds]
     result = Comparison(options=opts, summary=pd.DataFrame(), cells=cells, missing=missing)
+    if opts.cell_intervals:
+        _cell_intervals(cells, preds, opts)
     dists = _summaries(result, cells, preds, sources.table, opts)
     result.pairwise = _pairwise(cells, dists, opts)
     _rank(result, cells, opts)
@@ -353,25 +356,55 @@ def _costs(table: pd.DataFrame) -> pd.DataFrame:
     return means.reindex(columns=cols)
 
 
+def _cell_intervals(cells: pd.DataFrame, preds, opts: CompareOptions) -> None:
+    """Each cell's own bootstrap interval (``boot_low`` / ``boot_high`` in ``cells``): the uncertainty of one
+    result over its test images. Cells scored on one test set share one set of resamples (one scipy call)."""
+    low, high = {}, {}
+    have = cells[cells.index.isin(list(preds))]
+    for _, group in have.groupby(["dataset", "fold"], sort=False):
+        first = preds[group.index[0]]
+        same = [i for i in group.index if _same_test_set(preds[i], first)]
+        others = [[i] for i in group.index if i not in same]  # another test set under one fold name: alone
+        for chunk in [same, *others]:
+            p = preds[chunk[0]]
+            res = boot.bootstrap_cis(p["task"], p["labels"], {i: preds[i]["scores"] for i in chunk},
+                                     metric=opts.metric, groups=p.get("groups"), n_resamples=opts.n_resamples,
+                                     confidence=opts.confidence, seed=opts.seed)  # fmt: skip
+            for i, r in res.items():
+                low[i], high[i] = r.low, r.high
+    cells["boot_low"] = pd.Series(low, dtype=float).reindex(cells.index)
+    cells["boot_high"] = pd.Series(high, dtype=float).reindex(cells.index)
+
+
+def _same_test_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (
+        a["task"] == b["task"]
+        and np.array_equal(a["labels"], b["labels"], equal_nan=True)
+        and np.array_equal(a.get("groups", np.array([])), b.get("groups", np.array([])))
+    )
+
+
 # ------------------------------------------------------------------------------------------------- pairs
 def _pairwise(cells: pd.DataFrame, dists: dict, opts: CompareOptions) -> pd.DataFrame:
     rows = []
     for dataset, part in cells.groupby("dataset", sort=False):
         methods = list(dict.fromkeys(part[METHOD]))
-        wide = part.pivot_table(index=["seed", "fold"], columns=METHOD, values="value")
-        for i, a in enumerate(methods):
-            for b in methods[i + 1 :]:
-                rows.append({"dataset": dataset, "method_a": a, "method_b": b,
-                             **_pair(wide[[a, b]].dropna(), dists.get((dataset, a)), dists.get((dataset, b)), opts)})  # fmt: skip
+        wide = part.pivot_table(index=["seed", "fold"], columns=METHOD, values="value")[methods].to_numpy()
+        pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+        index = {m: k for k, m in enumerate(methods)}
+        diffs = [wide[:, index[a]] - wide[:, index[b]] for a, b in pairs]
+        diffs = [d[np.isfinite(d)] for d in diffs]  # the cells both methods have
+        for (a, b), diff, p in zip(pairs, diffs, _wilcoxon_many(diffs)):
+            rows.append({"dataset": dataset, "method_a": a, "method_b": b,
+                         **_pair(diff, p, dists.get((dataset, a)), dists.get((dataset, b)), opts)})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _pair(paired: pd.DataFrame, da, db, opts: CompareOptions) -> dict[str, Any]:
+def _pair(diff: np.ndarray, wilcoxon_p: float, da, db, opts: CompareOptions) -> dict[str, Any]:
     """Scores of the cells both methods have; the bootstrap only where both have the same cells (so that the
     two distributions are of the same test images, resampled alike), under the nan rule of the bootstrap."""
-    diff = (paired.iloc[:, 0] - paired.iloc[:, 1]).to_numpy(dtype=float)
     out = {"n": len(diff), "mean_diff": float(diff.mean()) if len(diff) else math.nan,
-           "boot_low": math.nan, "boot_high": math.nan, "boot_p": math.nan, "wilcoxon_p": _wilcoxon(diff)}  # fmt: skip
+           "boot_low": math.nan, "boot_high": math.nan, "boot_p": math.nan, "wilcoxon_p": wilcoxon_p}  # fmt: skip
     if da is None or db is None or not _same_cells(da, db, len(diff)):
         return out
     d = da[2] - db[2]
@@ -392,14 +425,21 @@ def _same_cells(da, db, n_paired: int) -> bool:
     return cells_a == cells_b and len(cells_a) == n_paired and same_sizes
 
 
-def _wilcoxon(diff: np.ndarray) -> float:
-    """Two-sided signed-rank p over paired cells, zero differences split between the signs (``zsplit``, as
-    Demšar advises and the Holm tests do); 1 when every difference is 0, nan with fewer than 2 pairs."""
-    if diff.size < 2:
-        return math.nan
-    if not np.any(diff):
-        return 1.0
-    return float(stats.wilcoxon(diff, zero_method="zsplit", alternative="two-sided").pvalue)
+def _wilcoxon_many(diffs: list[np.ndarray]) -> list[float]:
+    """Two-sided signed-rank p of each vector of paired differences, zero differences split between the signs
+    (``zsplit``, as Demšar advises and the Holm tests do); 1 where every difference is 0, nan with fewer than
+    2 pairs. Vectors of one length go to one vectorised ``scipy.stats.wilcoxon`` call (the same p-values as
+    one call each, ~100x faster over hundreds of pairs)."""
+    out = [math.nan if d.size < 2 else (1.0 if not np.any(d) else None) for d in diffs]
+    by_length: dict[int, list[int]] = {}
+    for k, d in enumerate(diffs):
+        if out[k] is None:
+            by_length.setdefault(d.size, []).append(k)
+    for ks in by_length.values():
+        p = stats.wilcoxon(np.stack([diffs[k] for k in ks]), axis=1, zero_method="zsplit").pvalue
+        for k, v in zip(ks, np.atleast_1d(p)):
+            out[k] = float(v)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- ranking

@@ -45,7 +45,7 @@ def write_report(
     comparison."""
     out = Path(out)
     sources = load_sources(paths)
-    result = compare(sources, options or CompareOptions())
+    result = compare(sources, options or CompareOptions(cell_intervals=False))  # the page shows methods
     folder = Path(tables) if tables is not None else out.with_name(out.stem + "_files")
     written = result.write(folder, figures=False)  # the page draws its own figures: the CD diagram is shared
     written.update(result.draw(folder / "figures", reliability=False))
