@@ -69,3 +69,21 @@ def test_a_grid_with_report_writes_one_page_from_its_cells(tmp_path, monkeypatch
     assert set(confounder["level"]) == {"yes", "no"} and {"sensitivity", "specificity"} <= set(
         confounder.columns
     )
+
+
+def test_a_distillation_runs_figures_reach_the_page(tmp_path):
+    """Figures a run lists in its outputs.json (t-SNE, Grad-CAM) are inlined, with the source in the caption."""
+    import json
+
+    from test_compare import write_run
+
+    from medadapt.reporting.report import write_report
+
+    run = write_run(tmp_path / "distill_run", datasets=("d1",))
+    (run / "figures").mkdir()
+    Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8)).save(run / "figures" / "tsne.png")
+    (run / "outputs.json").write_text(json.dumps({"tables": ["results.csv"], "figures": ["figures/tsne.png"]}))
+    page, result = write_report([run], tmp_path / "r.html")
+    html = page.read_text()
+    assert 'id="fig-extra-1"' in html and "distill_run: tsne" in html
+    assert result.friedman is not None and 'id="fig-cd"' in html
