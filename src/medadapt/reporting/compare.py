@@ -27,7 +27,6 @@ import dataclasses
 import io
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -569,8 +568,3 @@ def _by_group(cells: pd.DataFrame, preds, opts: CompareOptions, report, column: 
 def _front(table: pd.DataFrame) -> pd.DataFrame:
     first = ["dataset", METHOD]
     return table[[*first, *[c for c in table.columns if c not in first]]]
-
-
-def methods_of(sources: Sources) -> Sequence[str]:
-    """Every method name in ``sources``, in table order."""
-    return list(dict.fromkeys(sources.table[METHOD]))
