@@ -82,7 +82,9 @@ def test_a_distillation_runs_figures_reach_the_page(tmp_path):
     run = write_run(tmp_path / "distill_run", datasets=("d1",))
     (run / "figures").mkdir()
     Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8)).save(run / "figures" / "tsne.png")
-    (run / "outputs.json").write_text(json.dumps({"tables": ["results.csv"], "figures": ["figures/tsne.png"]}))
+    (run / "outputs.json").write_text(
+        json.dumps({"tables": ["results.csv"], "figures": ["figures/tsne.png"]})
+    )
     page, result = write_report([run], tmp_path / "r.html")
     html = page.read_text()
     assert 'id="fig-extra-1"' in html and "distill_run: tsne" in html
