@@ -1,17 +1,236 @@
-"""Task types, defined once for every stage."""
+"""Task types, defined once for every stage: each owns its loss, scores, label checks and selection metric.
+
+A task is a small object looked up by name (:func:`get_task`): ``binary`` (2 softmax scores, the MedMNIST
+convention), ``multiclass``, ``ordinal`` (softmax over ordered classes; quadratic kappa) and ``multilabel``
+(L sigmoid scores; nan marks an unknown label, left out of the loss). Training loops, probes, distillation
+and evaluation ask the task instead of comparing its name, so a new task (segmentation) is one class and one
+registration here, not a branch in every module.
+
+Example:
+    >>> task = get_task("multilabel")
+    >>> task.scores(torch.zeros(1, 3)).tolist()
+    [[0.5, 0.5, 0.5]]
+    >>> [name for name in TASKS]
+    ['binary', 'multiclass', 'multilabel', 'ordinal']
+"""
 
 from __future__ import annotations
 
-from .errors import ConfigError
+import math
+from collections.abc import Callable
+from typing import ClassVar
 
-__all__ = ["TASKS", "check_task"]
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-#: ``binary`` (2 softmax scores, MedMNIST convention), ``multiclass``, ``multilabel`` (L sigmoid scores) and
-#: ``ordinal`` (softmax over ordered classes; quadratic kappa).
-TASKS = ("binary", "multiclass", "multilabel", "ordinal")
+from ._registry import Registry
+from .errors import ConfigError, DataError
+
+__all__ = ["TASKS", "Task", "SoftmaxTask", "MultilabelTask", "get_task", "check_task"]
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Task:
+    """What a task decides: how logits become scores and a loss, what labels look like, what selects a model."""
+
+    name: ClassVar[str]
+    #: The validation metric that selects a checkpoint, a learning rate or a k.
+    selection_metric: ClassVar[str] = "auc"
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Probabilities ``[B, C]`` from logits."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The training loss of logits ``[B, C]`` against labels in the dataset layout."""
+        raise NotImplementedError
+
+    def weighted_loss(self, weights: torch.Tensor) -> Loss:  # pragma: no cover - abstract
+        """:meth:`loss` with per-class weights (:meth:`class_weights`)."""
+        raise NotImplementedError
+
+    def class_weights(self, labels: np.ndarray, num_outputs: int) -> torch.Tensor:  # pragma: no cover
+        """Inverse-frequency weights from training labels."""
+        raise NotImplementedError
+
+    def score_loss(self, scores: torch.Tensor, labels: np.ndarray) -> float:  # pragma: no cover - abstract
+        """The loss of probability scores (a kNN head has no logits)."""
+        raise NotImplementedError
+
+    def targets(self, labels: np.ndarray, num_outputs: int) -> np.ndarray:  # pragma: no cover - abstract
+        """Float targets ``[N, C]`` (one-hot classes, or the 0/1 labels themselves)."""
+        raise NotImplementedError
+
+    def kd_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """``KL(teacher || student)`` of temperature-scaled logits, averaged over the batch."""
+        raise NotImplementedError
+
+    def mean_logits(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Logits whose scores are the mean of the scores of ``logits`` ``[M, B, C]`` (an ensemble)."""
+        raise NotImplementedError
+
+    def confidence(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """Per row: the top-class probability and the entropy of the scores."""
+        raise NotImplementedError
+
+    def label_width(self, num_outputs: int) -> int:
+        """Columns of the label array: 1 (a class index) or one per output."""
+        return 1
+
+    def check_outputs(self, num_outputs: int) -> None:
+        """A clear error where ``num_outputs`` cannot serve this task (labels outside it are caught by
+        :meth:`check_labels`)."""
+
+    def check_labels(self, labels: np.ndarray, num_outputs: int, where: str) -> None:
+        """A clear error for labels that do not fit ``[N, label_width]`` with values for ``num_outputs``."""
+        width = self.label_width(num_outputs)
+        if labels.ndim != 2 or labels.shape[1] != width or len(labels) == 0:
+            raise DataError(
+                f"{where} labels have shape {labels.shape}; a {self.name} task with {num_outputs} outputs needs "
+                f"[N, {width}] labels with N > 0"
+            )
+
+
+class SoftmaxTask(Task):
+    """One class per image, softmax over ``C`` logits, cross-entropy on the class index ``labels[:, 0]``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels[:, 0].long())
+
+    def weighted_loss(self, weights: torch.Tensor) -> Loss:
+        return lambda logits, labels: F.cross_entropy(
+            logits, labels[:, 0].long(), weight=weights.to(logits.device)
+        )
+
+    def class_weights(self, labels: np.ndarray, num_outputs: int) -> torch.Tensor:
+        """``n / (C * n_c)`` per class; a class without examples gets the weight of one."""
+        y = np.asarray(labels, dtype=np.float64)
+        counts = np.bincount(y[:, 0].astype(np.int64), minlength=num_outputs)
+        return torch.tensor(len(y) / (num_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+
+    def score_loss(self, scores: torch.Tensor, labels: np.ndarray) -> float:
+        p = scores.float().clamp(1e-7, 1 - 1e-7)
+        return F.nll_loss(p.log(), torch.tensor(np.asarray(labels))[:, 0].long()).item()
+
+    def targets(self, labels: np.ndarray, num_outputs: int) -> np.ndarray:
+        return np.eye(num_outputs, dtype=np.float32)[np.asarray(labels)[:, 0].astype(np.int64)]
+
+    def kd_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(
+            F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean"
+        )
+
+    def mean_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``log(mean_i softmax(z_i))``: a valid logit vector whose softmax is the mean."""
+        return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(len(logits))
+
+    def confidence(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = torch.softmax(logits, dim=-1)
+        return p.amax(-1), torch.special.entr(p).sum(-1)
+
+    def check_labels(self, labels: np.ndarray, num_outputs: int, where: str) -> None:
+        super().check_labels(labels, num_outputs, where)
+        if labels.min() < 0 or labels.max() >= num_outputs:
+            raise DataError(
+                f"{where} labels range over [{labels.min()}, {labels.max()}], outside the {num_outputs} classes "
+                f"[0, {num_outputs - 1}]; check num_outputs"
+            )
+
+
+class BinaryTask(SoftmaxTask):
+    """Two classes as two softmax logits (the MedMNIST convention); class 1 is the positive class."""
+
+    def check_outputs(self, num_outputs: int) -> None:
+        if num_outputs != 2:
+            raise ConfigError(
+                f"binary tasks use 2 outputs (softmax, the MedMNIST convention), got {num_outputs}"
+            )
+
+
+class MultilabelTask(Task):
+    """``L`` independent labels, a sigmoid each; ``nan`` labels (unknown) are left out of the loss."""
+
+    name = "multilabel"
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return _masked_bce(logits, labels)
+
+    def weighted_loss(self, weights: torch.Tensor) -> Loss:
+        return lambda logits, labels: _masked_bce(logits, labels, pos_weight=weights.to(logits.device))
+
+    def class_weights(self, labels: np.ndarray, num_outputs: int) -> torch.Tensor:
+        """``neg / pos`` per label (BCE's ``pos_weight``); unknown labels are ignored."""
+        y = np.asarray(labels, dtype=np.float64)
+        pos, known = np.nansum(y == 1, axis=0), (~np.isnan(y)).sum(axis=0)
+        return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32)
+
+    def score_loss(self, scores: torch.Tensor, labels: np.ndarray) -> float:
+        p = scores.float().clamp(1e-7, 1 - 1e-7)
+        return F.binary_cross_entropy(p, torch.tensor(np.asarray(labels)).float()).item()
+
+    def targets(self, labels: np.ndarray, num_outputs: int) -> np.ndarray:
+        return np.asarray(labels, dtype=np.float32)
+
+    def kd_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        # log-sigmoid forms are stable for large logits: log(1 - sigmoid(x)) = logsigmoid(-x)
+        log_p, log_1p = F.logsigmoid(teacher), F.logsigmoid(-teacher)
+        log_q, log_1q = F.logsigmoid(student), F.logsigmoid(-student)
+        return (log_p.exp() * (log_p - log_q) + log_1p.exp() * (log_1p - log_1q)).mean()
+
+    def mean_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logit(mean_i sigmoid(z_i))`` per label, in log space so confident members do not overflow."""
+        log_n = math.log(len(logits))
+        log_p = torch.logsumexp(F.logsigmoid(logits), dim=0) - log_n
+        return log_p - (torch.logsumexp(F.logsigmoid(-logits), dim=0) - log_n)
+
+    def confidence(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each label a Bernoulli (top class: the likelier of 0 and 1), averaged over labels."""
+        p = torch.sigmoid(logits)
+        return torch.maximum(p, 1 - p).mean(-1), (torch.special.entr(p) + torch.special.entr(1 - p)).mean(-1)
+
+    def label_width(self, num_outputs: int) -> int:
+        return num_outputs
+
+
+def _masked_bce(
+    logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    y = labels.float()
+    known = ~torch.isnan(y)
+    loss = F.binary_cross_entropy_with_logits(
+        logits, y.nan_to_num(0.0), pos_weight=pos_weight, reduction="none"
+    )
+    return (loss * known).sum() / known.sum().clamp_min(1)
+
+
+#: Task types by name; iterating gives the names (``binary``, ``multiclass``, ``multilabel``, ``ordinal``).
+TASKS: Registry[Task] = Registry("task")
+TASKS.register("binary", BinaryTask("binary"))
+TASKS.register("multiclass", SoftmaxTask("multiclass"))
+TASKS.register("multilabel", MultilabelTask())
+TASKS.register("ordinal", SoftmaxTask("ordinal"))
+
+
+def get_task(task: str | Task) -> Task:
+    """The task of that name (a :class:`Task` is returned as it is); an unknown name is a clear error."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS.get(task)
 
 
 def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    return task
+    """``task`` if it names a task, else a :class:`ConfigError` listing the valid ones."""
+    return get_task(task).name

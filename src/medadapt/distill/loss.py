@@ -18,10 +18,9 @@ non-negative and zero only when the student matches the teacher (PyTorch's ``kl_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..tasks import check_task
+from ..tasks import get_task
 
 __all__ = ["kd_loss", "distillation_loss", "check_alpha_temperature"]
 
@@ -34,22 +33,14 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, task: str, temperat
         >>> float(kd_loss(s, t, task="binary", temperature=2.0))
         0.0
     """
-    check_task(task)
+    spec = get_task(task)
     if student.shape != teacher.shape:
         raise ConfigError(
             f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ: the "
             "teacher must be trained on the same classes as the student"
         )
     t = float(temperature)
-    s, z = student.float() / t, teacher.float().detach() / t
-    if task == "multilabel":
-        # log-sigmoid forms are stable for large logits: log(1 - sigmoid(x)) = logsigmoid(-x)
-        log_p, log_1p = F.logsigmoid(z), F.logsigmoid(-z)
-        log_q, log_1q = F.logsigmoid(s), F.logsigmoid(-s)
-        kl = log_p.exp() * (log_p - log_q) + log_1p.exp() * (log_1p - log_1q)
-        return kl.mean() * t * t
-    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(z, dim=-1), log_target=True, reduction="batchmean")
-    return kl * t * t
+    return spec.kd_loss(student.float() / t, teacher.float().detach() / t) * t * t
 
 
 def distillation_loss(

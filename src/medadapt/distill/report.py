@@ -20,6 +20,7 @@ from .._io import atomic_write
 from ..data.base import MedicalDataset
 from ..data.transforms import make_loader
 from ..evaluation.stats import format_mean_std, paired_test
+from ..tasks import get_task
 
 __all__ = ["comparison_table", "ablation_table", "best_distilled_arm", "soft_target_table", "write_report"]
 
@@ -86,13 +87,7 @@ def soft_target_table(
     for split, z in logits.items():
         z = z.float()
         for t in temperatures:
-            if task == "multilabel":
-                p = torch.sigmoid(z / t)
-                top = torch.maximum(p, 1 - p).mean(-1)
-                entropy = (torch.special.entr(p) + torch.special.entr(1 - p)).mean(-1)
-            else:
-                p = torch.softmax(z / t, dim=-1)
-                top, entropy = p.amax(-1), torch.special.entr(p).sum(-1)
+            top, entropy = get_task(task).confidence(z / t)
             rows.append(
                 {
                     "split": split,

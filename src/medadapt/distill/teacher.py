@@ -14,14 +14,12 @@ read from disk), and only the small head runs again.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._device import autocast_context
@@ -31,6 +29,7 @@ from ..errors import ConfigError
 from ..features import extract_features
 from ..features.cache import state_digest
 from ..saved import ModelInfo, find_saved, load_classifier, read_info
+from ..tasks import get_task
 
 __all__ = ["Teacher", "TeacherMember", "combine_logits"]
 
@@ -185,10 +184,4 @@ def combine_logits(logits: Sequence[torch.Tensor], task: str) -> torch.Tensor:
     """
     if len(logits) == 1:
         return logits[0]
-    z = torch.stack([x.float() for x in logits])
-    log_n = math.log(len(logits))
-    if task == "multilabel":
-        log_p = torch.logsumexp(F.logsigmoid(z), dim=0) - log_n
-        log_1p = torch.logsumexp(F.logsigmoid(-z), dim=0) - log_n
-        return log_p - log_1p
-    return torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - log_n
+    return get_task(task).mean_logits(torch.stack([x.float() for x in logits]))

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -43,6 +42,7 @@ from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, collate, make_loader
 from ..errors import ConfigError, DataError
 from ..strategies.base import Strategy
+from ..tasks import get_task
 from .augment import Augment, make_augment
 from .checkpoint import checkpoint_path, cpu_state, load_checkpoint, run_fingerprint, save_checkpoint
 from .config import TrainConfig
@@ -417,40 +417,18 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opt
 
 
 def class_weights(task: str, labels: np.ndarray, num_outputs: int) -> torch.Tensor:
-    """Inverse-frequency weights from train labels: ``n / (C * n_c)`` per class, or ``neg / pos`` per label.
-
-    Classes (labels) without examples get the weight of one example. Unknown (NaN) labels are ignored.
-    """
-    y = np.asarray(labels, dtype=np.float64)
-    if task == "multilabel":
-        pos, known = np.nansum(y == 1, axis=0), (~np.isnan(y)).sum(axis=0)
-        return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32)
-    counts = np.bincount(y[:, 0].astype(np.int64), minlength=num_outputs)
-    return torch.tensor(len(y) / (num_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+    """Inverse-frequency weights from train labels (:meth:`medadapt.tasks.Task.class_weights`): ``n / (C * n_c)``
+    per class, or ``neg / pos`` per label. Classes without examples get the weight of one; NaN labels are
+    ignored."""
+    return get_task(task).class_weights(labels, num_outputs)
 
 
 def make_criterion(
     task: str, weights: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """:func:`~medadapt.training.probe.loss_fn`, optionally class-weighted (multi-label: ``pos_weight``)."""
-    if weights is None:
-        return loss_fn(task)
-    if task == "multilabel":
-
-        def weighted_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            y = labels.float()
-            known = ~torch.isnan(y)
-            pos_weight = weights.to(logits.device)
-            loss = F.binary_cross_entropy_with_logits(
-                logits, y.nan_to_num(0.0), pos_weight=pos_weight, reduction="none"
-            )
-            return (loss * known).sum() / known.sum().clamp_min(1)
-
-        return weighted_bce
-    loss_fn(task)  # validates the task
-    return lambda logits, labels: F.cross_entropy(
-        logits, labels[:, 0].long(), weight=weights.to(logits.device)
-    )
+    """The task's loss, optionally class-weighted (multi-label: ``pos_weight``)."""
+    spec = get_task(task)
+    return spec.loss if weights is None else spec.weighted_loss(weights)
 
 
 def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig, preprocess: Preprocess,

@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._device import autocast_context, seeded
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..features.featureset import FeatureSet
 from ..heads import HEADS, KNNHead, create_head, knn_scores
-from ..tasks import TASKS, check_task
+from ..tasks import TASKS, get_task
 
 __all__ = [
     "TASKS",
@@ -52,28 +51,14 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 
 # ----------------------------------------------------------------------------------------------- helpers
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Loss on logits ``[B, C]``: softmax cross-entropy on ``labels[:, 0]``, or BCE for multi-label.
-
-    Binary tasks use two logits and softmax (the MedMNIST convention); ordinal is treated as multi-class.
-    Unknown (NaN) multi-label entries are left out of the loss.
-    """
-    check_task(task)
-    if task == "multilabel":
-        return _masked_bce
-    return lambda logits, labels: F.cross_entropy(logits, labels[:, 0].long())
-
-
-def _masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    y = labels.float()
-    known = ~torch.isnan(y)
-    loss = F.binary_cross_entropy_with_logits(logits, y.nan_to_num(0.0), reduction="none")
-    return (loss * known).sum() / known.sum().clamp_min(1)
+    """The task's loss on logits ``[B, C]`` (:meth:`medadapt.tasks.Task.loss`): softmax cross-entropy on
+    ``labels[:, 0]``, or BCE for multi-label with unknown (NaN) entries left out."""
+    return get_task(task).loss
 
 
 def to_scores(task: str, logits: torch.Tensor) -> torch.Tensor:
     """Probabilities from logits: sigmoid per label for multi-label, softmax over classes otherwise."""
-    check_task(task)
-    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
+    return get_task(task).scores(logits)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
@@ -360,13 +345,13 @@ def _fit_knn(
     """
     task = run.task
     ks = [head_kwargs.pop("k")] if "k" in head_kwargs else list(ks)
-    targets = _targets(task, train.labels, num_outputs)
+    targets = get_task(task).targets(train.labels, num_outputs)
     head = KNNHead(train.embeddings.shape[1], num_outputs, k=max(ks), **head_kwargs)
     head.fit(train.embeddings, targets).to(run.device)
     queries = torch.tensor(np.asarray(val.embeddings, dtype=np.float32))
     scores = knn_scores(queries, head.bank, head.targets, ks=ks, temperature=head.temperature)
     aucs = {k: float(run.metric(task, val.labels, s.cpu().numpy())) for k, s in scores.items()}
-    losses = {k: _score_loss(task, s.cpu(), val.labels) for k, s in scores.items()}
+    losses = {k: get_task(task).score_loss(s.cpu(), val.labels) for k, s in scores.items()}
     head.k = max(ks, key=lambda k: _selection_key(aucs[k], losses[k]))
     log.info("probe knn: selected k=%d (val AUC %.4f)", head.k, aucs[head.k])
     return ProbeResult(
@@ -377,22 +362,6 @@ def _fit_knn(
         val_auc_by_setting={f"k={k}": a for k, a in aucs.items()},
         val_loss_by_setting={f"k={k}": v for k, v in losses.items()},
     )
-
-
-def _targets(task: str, labels: np.ndarray, num_outputs: int) -> np.ndarray:
-    """Float target matrix ``[N, C]``: one-hot classes, or the 0/1 labels themselves for multi-label."""
-    if task == "multilabel":
-        return np.asarray(labels, dtype=np.float32)
-    return np.eye(num_outputs, dtype=np.float32)[np.asarray(labels)[:, 0].astype(np.int64)]
-
-
-def _score_loss(task: str, scores: torch.Tensor, labels: np.ndarray) -> float:
-    """Loss of probability scores (kNN has no logits): NLL, or BCE for multi-label."""
-    y = torch.tensor(np.asarray(labels))
-    p = scores.float().clamp(1e-7, 1 - 1e-7)
-    if task == "multilabel":
-        return F.binary_cross_entropy(p, y.float()).item()
-    return F.nll_loss(p.log(), y[:, 0].long()).item()
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -421,26 +390,11 @@ def _check_args(
     epochs: int,
     batch_size: int,
 ) -> None:
-    check_task(task)
-    if task == "binary" and num_outputs != 2:
-        raise ConfigError(f"binary tasks use 2 outputs (softmax, the MedMNIST convention), got {num_outputs}")
+    spec = get_task(task)
+    spec.check_outputs(num_outputs)
     if not grid or len(set(grid)) != len(grid):
         raise ConfigError(f"the hyper-parameter grid must be non-empty without repeats, got {list(grid)}")
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
     for split, fs in (("train", train), ("val", val)):
-        _check_labels(task, num_outputs, np.asarray(fs.labels), split)
-
-
-def _check_labels(task: str, num_outputs: int, labels: np.ndarray, split: str) -> None:
-    width = num_outputs if task == "multilabel" else 1
-    if labels.ndim != 2 or labels.shape[1] != width or len(labels) == 0:
-        raise DataError(
-            f"{split} labels have shape {labels.shape}; a {task} task with {num_outputs} outputs needs "
-            f"[N, {width}] labels with N > 0"
-        )
-    if task != "multilabel" and (labels.min() < 0 or labels.max() >= num_outputs):
-        raise DataError(
-            f"{split} labels range over [{labels.min()}, {labels.max()}], outside the {num_outputs} classes "
-            f"[0, {num_outputs - 1}]; check num_outputs"
-        )
+        spec.check_labels(np.asarray(fs.labels), num_outputs, split)
