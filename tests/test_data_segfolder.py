@@ -92,6 +92,15 @@ def test_sample_contract(tmp_path: Path) -> None:
     assert {"stem", "path", "mask_path", "patient_id", "foreground"} <= set(ds.metadata.columns)
     assert ds.metadata["path"][1] == f"images/{stems[0]}.jpg" and ds.metadata["foreground"][0] == 0
     assert ds.metadata["patient_id"].tolist() == ["empty", stems[0]]  # every image its own patient
+    # a fold's row view keeps the masks of its rows, one by one and batched
+    from medadapt.data.folds import pooled
+
+    splits = {s: load_dataset(f"segfolder:{tmp_path}", s) for s in ("train", "val", "test")}
+    view = pooled(splits)
+    last = len(view) - 1
+    assert torch.equal(view[last]["mask"], ds.mask(1)) and torch.equal(
+        view.__getitems__([last])[0]["mask"], ds.mask(1)
+    )
 
 
 def test_split_folders_and_carved_val(tmp_path: Path) -> None:

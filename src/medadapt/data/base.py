@@ -50,7 +50,10 @@ class MedicalDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.image(i), "label": torch.from_numpy(self.labels[i]), "index": int(i)}
+        item = {"image": self.image(i), "label": torch.from_numpy(self.labels[i]), "index": int(i)}
+        if hasattr(self, "mask"):  # segmentation datasets: ``mask(i) -> LongTensor[H, W]``
+            item["mask"] = self.mask(i)
+        return item
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,12 @@ class RowView(MedicalDataset):
         )
         if hasattr(first, "patient_col"):  # a CSV dataset's patient column travels with its rows
             self.patient_col = first.patient_col
+        if hasattr(first, "mask"):  # a segmentation dataset's masks travel with its rows
+            self.mask = self._mask
+
+    def _mask(self, i: int) -> torch.Tensor:
+        ds, _ = self.parts[self.sources[i]]
+        return ds.mask(int(self.rows[i]))
 
     def image(self, i: int) -> torch.Tensor:
         ds, _ = self.parts[self.sources[i]]

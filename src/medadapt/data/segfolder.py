@@ -148,10 +148,6 @@ class SegmentationDataset(MedicalDataset):
             return mask
         return resize(mask[None, None].float(), (self.size, self.size), "nearest")[0, 0].long()
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        label = torch.from_numpy(self.labels[i])
-        return {"image": self.image(i), "mask": self.mask(i), "label": label, "index": int(i)}
-
     def __repr__(self) -> str:
         return (
             f"SegmentationDataset({self.name!r}, split={self.split!r}, n={len(self)}, classes={self.classes})"
