@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medadapt.errors import ConfigError, DataError
-from medadapt.tasks import TASKS, Task, get_task
+from medadapt.tasks import CLASSIFICATION_TASKS, TASKS, Task, get_task, segmentation_loss
 
 
 def _labels(task: str, n: int, c: int, gen: torch.Generator) -> torch.Tensor:
@@ -19,7 +19,7 @@ def _labels(task: str, n: int, c: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, c, (n, 1), generator=gen)
 
 
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize("name", CLASSIFICATION_TASKS)
 def test_every_task_keeps_its_contract(name):
     task, gen = get_task(name), torch.Generator().manual_seed(0)
     c = 2 if name == "binary" else 3
@@ -69,3 +69,31 @@ def test_bad_names_outputs_and_labels_are_clear_errors():
         get_task("binary").check_labels(np.array([[0], [2]]), 2, "val")
     with pytest.raises(DataError, match=r"needs \[N, 3\] labels"):
         get_task("multilabel").check_labels(np.zeros((4, 1)), 3, "train")
+
+
+def test_the_segmentation_task_is_per_pixel():
+    task, gen = get_task("segmentation"), torch.Generator().manual_seed(0)
+    assert "segmentation" in TASKS and "segmentation" not in CLASSIFICATION_TASKS
+    assert task.kind == "segmentation" and task.selection_metric == "dice"
+    logits, masks = torch.randn(2, 3, 5, 4, generator=gen), torch.randint(0, 3, (2, 5, 4), generator=gen)
+    p = task.scores(logits)
+    assert torch.allclose(p.sum(1), torch.ones(2, 5, 4))
+    # cross-entropy is torch's, the Dice part is 0 for perfect logits and the default is their sum
+    assert torch.allclose(segmentation_loss(logits, masks, kind="ce"), F.cross_entropy(logits, masks))
+    perfect = F.one_hot(masks, 3).permute(0, 3, 1, 2).float() * 40
+    assert float(segmentation_loss(perfect, masks, kind="dice")) == pytest.approx(0.0, abs=1e-4)
+    both = segmentation_loss(logits, masks, kind="ce") + segmentation_loss(logits, masks, kind="dice")
+    assert torch.allclose(task.loss(logits, masks), both)
+    members = torch.randn(3, 2, 3, 5, 4, generator=gen)
+    mean = torch.stack([task.scores(m) for m in members]).mean(0)
+    assert torch.allclose(task.scores(task.mean_logits(members)), mean, atol=1e-6)
+    assert float(task.kd_loss(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+    w = task.class_weights(masks.numpy(), 3)
+    assert torch.allclose(task.weighted_loss(torch.ones(3))(logits, masks), task.loss(logits, masks))
+    assert w.shape == (3,)
+    with pytest.raises(ConfigError, match="no kNN head"):
+        task.targets(np.zeros((2, 1)), 2)
+    with pytest.raises(ConfigError, match="the classification metrics serve the tasks"):
+        from medadapt.evaluation.metrics import auc
+
+        auc("segmentation", np.zeros((2, 1)), np.full((2, 2), 0.5))

@@ -1,8 +1,9 @@
 """Task types, defined once for every stage: each owns its loss, scores, label checks and selection metric.
 
 A task is a small object looked up by name (:func:`get_task`): ``binary`` (2 softmax scores, the MedMNIST
-convention), ``multiclass``, ``ordinal`` (softmax over ordered classes; quadratic kappa) and ``multilabel``
-(L sigmoid scores; nan marks an unknown label, left out of the loss). Training loops, probes, distillation
+convention), ``multiclass``, ``ordinal`` (softmax over ordered classes; quadratic kappa), ``multilabel``
+(L sigmoid scores; nan marks an unknown label, left out of the loss) and ``segmentation`` (a class per
+pixel). Training loops, probes, distillation
 and evaluation ask the task instead of comparing its name, so a new task (segmentation) is one class and one
 registration here, not a branch in every module.
 
@@ -11,7 +12,7 @@ Example:
     >>> task.scores(torch.zeros(1, 3)).tolist()
     [[0.5, 0.5, 0.5]]
     >>> [name for name in TASKS]
-    ['binary', 'multiclass', 'multilabel', 'ordinal']
+    ['binary', 'multiclass', 'multilabel', 'ordinal', 'segmentation']
 """
 
 from __future__ import annotations
@@ -27,7 +28,17 @@ import torch.nn.functional as F
 from ._registry import Registry
 from .errors import ConfigError, DataError
 
-__all__ = ["TASKS", "Task", "SoftmaxTask", "MultilabelTask", "get_task", "check_task"]
+__all__ = [
+    "TASKS",
+    "CLASSIFICATION_TASKS",
+    "Task",
+    "SoftmaxTask",
+    "MultilabelTask",
+    "SegmentationTask",
+    "segmentation_loss",
+    "get_task",
+    "check_task",
+]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -36,6 +47,8 @@ class Task:
     """What a task decides: how logits become scores and a loss, what labels look like, what selects a model."""
 
     name: ClassVar[str]
+    #: ``classification`` (a label per image) or ``segmentation`` (a class per pixel).
+    kind: ClassVar[str] = "classification"
     #: The validation metric that selects a checkpoint, a learning rate or a k.
     selection_metric: ClassVar[str] = "auc"
 
@@ -203,6 +216,98 @@ class MultilabelTask(Task):
         return num_outputs
 
 
+class SegmentationTask(Task):
+    """A class per pixel: logits ``[B, C, H, W]``, masks ``[B, H, W]`` of class indices (0 = background).
+
+    The loss is cross-entropy plus soft Dice (their sum, the default of the segmentation studies we follow;
+    :func:`segmentation_loss`). A dataset's ``labels`` are ``[N, 1]`` "has foreground" flags, so splitting
+    and counting work as for classification; the masks come from ``dataset.mask(i)``.
+    """
+
+    name = "segmentation"
+    kind = "segmentation"
+    selection_metric = "dice"
+
+    def __init__(self, loss: str = "ce+dice") -> None:
+        self.loss_kind = loss
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(logits, labels, kind=self.loss_kind)
+
+    def weighted_loss(self, weights: torch.Tensor) -> Loss:
+        return lambda logits, masks: segmentation_loss(
+            logits, masks, kind=self.loss_kind, class_weights=weights
+        )
+
+    def class_weights(self, labels: np.ndarray, num_outputs: int) -> torch.Tensor:
+        """``n / (C * n_c)`` over the pixels of ``labels`` (here: masks ``[N, H, W]``)."""
+        counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=num_outputs)
+        return torch.tensor(counts.sum() / (num_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+
+    def score_loss(self, scores: torch.Tensor, labels: np.ndarray) -> float:
+        raise ConfigError("segmentation has no kNN head: use the linear, multiscale or decoder head")
+
+    def targets(self, labels: np.ndarray, num_outputs: int) -> np.ndarray:
+        raise ConfigError("segmentation has no kNN head: use the linear, multiscale or decoder head")
+
+    def kd_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Per-pixel ``KL(teacher || student)`` over the classes, averaged over pixels and images."""
+        kl = F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True, reduction="sum")
+        return kl / (student.numel() / student.shape[1])
+
+    def mean_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(F.log_softmax(logits, dim=2), dim=0) - math.log(len(logits))
+
+    def confidence(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: the mean over pixels of the top-class probability and of the entropy."""
+        p = torch.softmax(logits, dim=1)
+        return p.amax(1).flatten(1).mean(1), torch.special.entr(p).sum(1).flatten(1).mean(1)
+
+    def check_labels(self, labels: np.ndarray, num_outputs: int, where: str) -> None:
+        super().check_labels(labels, num_outputs, where)
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{where} labels of a segmentation dataset are 0/1 'has foreground' flags")
+
+
+#: Loss kinds of :func:`segmentation_loss`.
+SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice")
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, kind: str = "ce+dice",
+                      class_weights: torch.Tensor | None = None, smooth: float = 1e-5) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy, soft Dice, or their sum on logits ``[B, C, H, W]`` and masks ``[B, H, W]``.
+
+    Soft Dice is ``1 - mean_c (2 sum p_c y_c + s) / (sum p_c + sum y_c + s)`` over the foreground classes
+    (background left out: with small objects it would dominate the mean; with one class only, over it),
+    summed over the batch's pixels (a batch-level Dice, stable where an image has no foreground). Class
+    weights weigh the cross-entropy.
+
+    Example:
+        >>> logits = torch.tensor([[[[9.0]], [[-9.0]]]])  # one pixel, class 0 by far
+        >>> round(float(segmentation_loss(logits, torch.zeros(1, 1, 1, dtype=torch.long), kind="ce")), 6)
+        0.0
+    """
+    if kind not in SEGMENTATION_LOSSES:
+        raise ConfigError(
+            f"segmentation loss {kind!r} is not valid; choose one of {', '.join(SEGMENTATION_LOSSES)}"
+        )
+    masks = masks.long()
+    weight = None if class_weights is None else class_weights.to(logits.device)
+    ce = F.cross_entropy(logits.float(), masks, weight=weight) if "ce" in kind.split("+") else None
+    if kind == "ce":
+        return ce
+    p = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(masks, logits.shape[1]).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    dice = (2 * (p * onehot).sum(dims) + smooth) / (p.sum(dims) + onehot.sum(dims) + smooth)
+    dice = dice[1:] if logits.shape[1] > 1 else dice
+    dice_loss = 1 - dice.mean()
+    return dice_loss if ce is None else ce + dice_loss
+
+
 def _masked_bce(
     logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -220,6 +325,10 @@ TASKS.register("binary", BinaryTask("binary"))
 TASKS.register("multiclass", SoftmaxTask("multiclass"))
 TASKS.register("multilabel", MultilabelTask())
 TASKS.register("ordinal", SoftmaxTask("ordinal"))
+TASKS.register("segmentation", SegmentationTask())
+
+#: The tasks with a label per image (the classification metrics serve these).
+CLASSIFICATION_TASKS = tuple(n for n in TASKS if TASKS.get(n).kind == "classification")
 
 
 def get_task(task: str | Task) -> Task:

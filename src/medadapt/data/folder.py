@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 
 from ..errors import BadRowsError, ConfigError, DataError
-from ..tasks import TASKS
+from ..tasks import CLASSIFICATION_TASKS as TASKS
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
 from .images import probe_image, read_image
 from .splits import DEFAULT_FRACTIONS, grouped_split

@@ -22,8 +22,9 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, multilabel_confusion_matrix, roc_auc_score
 
 from .._registry import Registry
-from ..errors import DataError
-from ..tasks import TASKS, check_task
+from ..errors import ConfigError, DataError
+from ..tasks import CLASSIFICATION_TASKS as TASKS
+from ..tasks import check_task
 
 __all__ = [
     "TASKS",
@@ -51,6 +52,11 @@ METRICS: Registry[MetricFn] = Registry("metric")
 def _prepare(task: str, labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Check the task and shapes; return labels (int ``[N]``, or float ``[N, L]`` for multilabel) and scores."""
     check_task(task)
+    if task not in TASKS:
+        raise ConfigError(
+            f"the classification metrics serve the tasks {', '.join(TASKS)}, not {task!r}; for masks use "
+            "medadapt.evaluation.segmentation"
+        )
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] == 0:
