@@ -197,7 +197,9 @@ class MultiScaleSegHead(nn.Module):
             return math.ceil(h / self.stride_out), math.ceil(w / self.stride_out)
         return max((_size(g) for g in grids), key=lambda g: g[0] * g[1])
 
-    def forward(self, features: list[tuple[torch.Tensor, tuple[int, int]]], out_size: Sequence[int]) -> torch.Tensor:
+    def forward(
+        self, features: list[tuple[torch.Tensor, tuple[int, int]]], out_size: Sequence[int]
+    ) -> torch.Tensor:
         self._check_levels(features)
         size = self.fused_size([grid for _, grid in features], out_size)
         fused = None
@@ -327,7 +329,12 @@ def segmentation_loss(
 
 
 def _dice_loss(
-    logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None, *, include_background: bool, smooth: float
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor | None,
+    *,
+    include_background: bool,
+    smooth: float,
 ) -> torch.Tensor:
     c = logits.shape[1]
     probs = torch.softmax(logits.float(), dim=1)
@@ -350,7 +357,9 @@ def _check_masks(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | 
         )
     c = logits.shape[1]
     if c < 2:
-        raise ConfigError(f"segmentation needs >= 2 softmax classes (binary: background + foreground), got {c}")
+        raise ConfigError(
+            f"segmentation needs >= 2 softmax classes (binary: background + foreground), got {c}"
+        )
     valid = None if ignore_index is None else masks != ignore_index
     outside = (masks < 0) | (masks >= c)
     if bool((outside if valid is None else outside & valid).any()):
