@@ -326,3 +326,15 @@ def test_mask_suffix_pairs_suffixed_mask_names(tmp_path: Path) -> None:
         load_dataset(f"segfolder:{tmp_path}", "train")
     ds = load_dataset(f"segfolder:{tmp_path}?mask_suffix=_mask&fractions=1,0,0", "train")
     assert list(ds.metadata["mask_path"]) == ["masks/s00_mask.png", "masks/s01_mask.png"]
+
+
+def test_commands_refuse_a_segmentation_dataset_until_they_run_it(tmp_path: Path, capsys) -> None:
+    from medadapt.cli import main
+
+    stems = _flat(tmp_path / "seg", 6)
+    _lists(tmp_path / "seg", train=stems[:4], test=stems[4:])
+    args = ["probe", "--dataset", f"segfolder:{tmp_path / 'seg'}", "--backbone", "timm:resnet18", "--no-pretrained",
+            "--out", str(tmp_path / "out"), "--img-size", "32"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "is a segmentation dataset, and the 'probe' method runs classification tasks only" in err

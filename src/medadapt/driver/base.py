@@ -31,10 +31,11 @@ from ..config import RunConfig
 from ..data import SPLITS, MedicalDataset, load_dataset
 from ..data.folds import RowView, patient_ids
 from ..data.transforms import Preprocess
-from ..errors import BadRowsError
+from ..errors import BadRowsError, ConfigError
 from ..features import FeatureSet, extract_features
 from ..reporting.results import environment_info, save_predictions, write_environment, write_run_config
 from ..saved import ModelInfo, weights_path
+from ..tasks import get_task
 
 __all__ = [
     "METHODS",
@@ -79,8 +80,20 @@ class CellContext:
 def run_cell(
     cfg: RunConfig, ctx: CellContext, *, method: str, name: str, seed: int, **extra: Any
 ) -> list[dict]:
-    """Run one cell with the registered ``method``; returns its tidy result rows (val, test and cost)."""
-    return METHODS.get(method)(cfg, ctx, name=name, seed=seed, **extra)
+    """Run one cell with the registered ``method``; returns its tidy result rows (val, test and cost).
+
+    A method runs the task kinds its registration names (``kinds``, default classification only): another
+    kind is a clear error before any work."""
+    run = METHODS.get(method)
+    kind = get_task(ctx.splits["train"].task).kind
+    kinds = METHODS.meta(method).get("kinds", ("classification",))
+    if kind not in kinds:
+        raise ConfigError(
+            f"{cfg.dataset} is a {kind} dataset, and the {method!r} method runs {' and '.join(kinds)} tasks only; "
+            "segmentation heads and their training are not wired into the commands yet (medadapt.evaluation."
+            "segmentation scores saved masks)"
+        )
+    return run(cfg, ctx, name=name, seed=seed, **extra)
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -1,0 +1,243 @@
+"""Segmentation heads on patch tokens: shapes, float32 logits, gradients, multi-scale fusion, the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medadapt.errors import ConfigError, DataError, UnknownNameError
+from medadapt.heads.segmentation import (
+    SEGMENTATION_HEADS,
+    MultiScaleSegHead,
+    create_segmentation_head,
+    segmentation_loss,
+    tokens_to_map,
+)
+
+DIM, CLASSES, BATCH = 16, 3, 2
+GRIDS_AND_SIZES = [((4, 4), (16, 16)), ((3, 5), (24, 40)), ((2, 3), (7, 11)), ((4, 4), (4, 4))]
+
+
+def _tokens(grid: tuple[int, int], dim: int = DIM, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, grid[0] * grid[1], dim, generator=g).half()
+
+
+def _run(head: torch.nn.Module, grid: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+    if head.multiscale:
+        coarse = (max(1, grid[0] // 2), max(1, grid[1] // 2))
+        return head([(_tokens(grid), grid), (_tokens(coarse, seed=1), coarse)], out_size)
+    return head(_tokens(grid), grid, out_size)
+
+
+def _build(name: str) -> torch.nn.Module:
+    dim = [DIM, DIM] if name == "multiscale" else DIM
+    kwargs = {"width": 8, "stages": 2} if name == "decoder" else {}
+    return create_segmentation_head(name, dim, CLASSES, **kwargs)
+
+
+def test_registry_is_separate_and_suggests_names() -> None:
+    from medadapt.heads import HEADS
+
+    assert SEGMENTATION_HEADS.list() == ["decoder", "linear", "multiscale"]
+    assert SEGMENTATION_HEADS.get("linear") is not HEADS.get("linear")
+    with pytest.raises(UnknownNameError, match="did you mean 'decoder'"):
+        SEGMENTATION_HEADS.get("decodr")
+
+
+@pytest.mark.parametrize(("grid", "out_size"), GRIDS_AND_SIZES)
+@pytest.mark.parametrize("name", SEGMENTATION_HEADS.list())
+def test_output_shape_float32_and_finite(name: str, grid: tuple[int, int], out_size: tuple[int, int]) -> None:
+    head = _build(name)
+    assert (head.input_key, head.outputs, head.trainable) == ("tokens", "logits", True)
+    assert head.multiscale == (name == "multiscale")
+    for mode in (head.train, head.eval):
+        mode()
+        with torch.no_grad():
+            out = _run(head, grid, out_size)
+        assert out.shape == (BATCH, CLASSES, *out_size)
+        assert out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", SEGMENTATION_HEADS.list())
+def test_logits_are_float32_under_bf16_autocast(name: str) -> None:
+    head = _build(name).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _run(head, (4, 4), (16, 16))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", SEGMENTATION_HEADS.list())
+def test_every_head_parameter_gets_a_gradient(name: str) -> None:
+    head = _build(name).train()
+    out = _run(head, (4, 4), (16, 16))
+    assert out.requires_grad
+    masks = torch.randint(0, CLASSES, (BATCH, 16, 16), generator=torch.Generator().manual_seed(0))
+    segmentation_loss(out, masks).backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_linear_head_norm_option() -> None:
+    assert (
+        sum(p.numel() for p in create_segmentation_head("linear", DIM, 2, norm="none").parameters())
+        == DIM * 2 + 2
+    )
+    with pytest.raises(ConfigError, match="'bn' or 'none'"):
+        create_segmentation_head("linear", DIM, 2, norm="ln")
+
+
+def test_linear_head_is_bn_then_1x1_conv_then_bilinear() -> None:
+    head = create_segmentation_head("linear", DIM, CLASSES).eval()
+    tokens, grid = _tokens((3, 4)), (3, 4)
+    x = head.norm(tokens_to_map(tokens.float(), grid))
+    want = F.interpolate(head.classifier(x), size=(9, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(head(tokens, grid, (9, 8)), want)
+
+
+def _fused_shape(head: MultiScaleSegHead, features: list, out_size: tuple[int, int]) -> tuple[int, int]:
+    seen = []
+    hook = head.classifier.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        head(features, out_size)
+    hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(("stride_out", "fused"), [(None, (4, 4)), (4, (8, 8)), (16, (2, 2)), (12, (3, 3))])
+def test_multiscale_fuses_hierarchical_grids_at_the_output_stride(
+    stride_out: int | None, fused: tuple[int, int]
+) -> None:
+    """Two stages of a hierarchical backbone on a 32-pixel image: 4x4 (stride 8) and 2x2 (stride 16)."""
+    head = MultiScaleSegHead([8, 16], CLASSES, stride_out=stride_out).eval()
+    features = [(_tokens((4, 4), 8), (4, 4)), (_tokens((2, 2), 16), (2, 2))]
+    assert head.fused_size([(4, 4), (2, 2)], (32, 32)) == fused
+    assert _fused_shape(head, features, (32, 32)) == fused
+    assert head(features, (32, 32)).shape == (BATCH, CLASSES, 32, 32)
+
+
+def test_multiscale_int_dims_means_levels_of_one_width_and_checks_them() -> None:
+    head = MultiScaleSegHead(DIM, CLASSES, levels=3)
+    assert len(head.proj) == 3
+    with pytest.raises(DataError, match=r"dims=\[16, 16\]"):
+        head([(_tokens((2, 2)), (2, 2))] * 2, (8, 8))
+
+
+def test_decoder_upsamples_by_two_per_stage_up_to_out_size() -> None:
+    head = create_segmentation_head("decoder", DIM, CLASSES, width=8, stages=3).eval()
+    sizes = []
+    hook = head.classifier.register_forward_hook(lambda m, args, out: sizes.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        head(_tokens((2, 3)), (2, 3), (32, 48))  # 3 doublings: 16x24, then resized to 32x48
+        head(_tokens((2, 3)), (2, 3), (6, 12))  # capped at out_size: 4x6 -> 6x12 -> 6x12
+    hook.remove()
+    assert sizes == [(16, 24), (6, 12)]
+    assert len(create_segmentation_head("decoder", DIM, CLASSES).blocks) == 4
+
+
+def test_tokens_to_map_is_row_major() -> None:
+    tokens = torch.arange(2 * 6 * 3).reshape(2, 6, 3)
+    fmap = tokens_to_map(tokens, (2, 3))
+    assert fmap.shape == (2, 3, 2, 3)
+    assert torch.equal(fmap[:, :, 1, 2], tokens[:, 1 * 3 + 2])
+
+
+def test_tokens_to_map_errors() -> None:
+    with pytest.raises(DataError, match=r"\[CLS\].*tokens\[:, 1:\]"):
+        tokens_to_map(torch.zeros(1, 17, 4), (4, 4))
+    with pytest.raises(DataError, match="do not fill the grid"):
+        tokens_to_map(torch.zeros(1, 12, 4), (4, 4))
+    with pytest.raises(DataError, match=r"\[B, T, D\]"):
+        tokens_to_map(torch.zeros(1, 4, 4, 4), (4, 4))
+
+
+def _loss_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, CLASSES, 5, 6, generator=g), torch.randint(0, CLASSES, (3, 5, 6), generator=g)
+
+
+def _one_hot_logits(masks: torch.Tensor, margin: float) -> torch.Tensor:
+    return F.one_hot(masks, CLASSES).permute(0, 3, 1, 2).float() * margin
+
+
+def test_ce_is_cross_entropy_and_class_weights_weight_it() -> None:
+    logits, masks = _loss_inputs()
+    torch.testing.assert_close(segmentation_loss(logits, masks, kind="ce"), F.cross_entropy(logits, masks))
+    w = torch.tensor([0.2, 1.0, 3.0])
+    weighted = segmentation_loss(logits, masks, kind="ce", class_weights=w)
+    torch.testing.assert_close(weighted, F.cross_entropy(logits, masks, weight=w))
+    assert not torch.isclose(weighted, F.cross_entropy(logits, masks))
+
+
+def test_dice_is_zero_for_perfect_and_near_one_for_all_wrong_logits() -> None:
+    _, masks = _loss_inputs()
+    assert segmentation_loss(_one_hot_logits(masks, 50.0), masks, kind="dice").item() < 1e-6
+    wrong = _one_hot_logits((masks + 1) % CLASSES, 50.0)
+    assert segmentation_loss(wrong, masks, kind="dice").item() > 1 - 1e-6
+
+
+def test_ce_plus_dice_is_their_sum() -> None:
+    logits, masks = _loss_inputs()
+    parts = [segmentation_loss(logits, masks, kind=k) for k in ("ce", "dice")]
+    torch.testing.assert_close(segmentation_loss(logits, masks), parts[0] + parts[1])
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+def test_dice_matches_monai(include_background: bool) -> None:
+    losses = pytest.importorskip("monai.losses")
+    logits, masks = _loss_inputs(1)
+    ref = losses.DiceLoss(
+        include_background=include_background,
+        to_onehot_y=True,
+        softmax=True,
+        batch=True,
+        smooth_nr=1e-5,
+        smooth_dr=1e-5,
+    )(logits, masks[:, None])
+    got = segmentation_loss(logits, masks, kind="dice", include_background=include_background)
+    torch.testing.assert_close(got, ref)
+
+
+def test_ignore_index_leaves_pixels_out_of_both_parts() -> None:
+    logits, masks = _loss_inputs()
+    ignored = masks.clone()
+    ignored[:, :2] = 255
+    want_ce = F.cross_entropy(logits, ignored, ignore_index=255)
+    torch.testing.assert_close(segmentation_loss(logits, ignored, kind="ce", ignore_index=255), want_ce)
+    kept = _one_hot_logits(masks, 50.0)
+    kept[:, :, :2] = -kept[:, :, :2]  # wrong where ignored, right elsewhere
+    assert segmentation_loss(kept, ignored, kind="dice", ignore_index=255).item() < 1e-6
+
+
+def test_loss_errors() -> None:
+    logits, masks = _loss_inputs()
+    with pytest.raises(ConfigError, match="ce\\+dice"):
+        segmentation_loss(logits, masks, kind="focal")
+    with pytest.raises(DataError, match="do not match"):
+        segmentation_loss(logits, masks[:, :4])
+    with pytest.raises(DataError, match="outside the 3 classes"):
+        segmentation_loss(logits, masks + 1)
+    with pytest.raises(ConfigError, match=">= 2 softmax classes"):
+        segmentation_loss(logits[:, :1], masks.clamp(max=0))
+
+
+def test_linear_head_learns_a_linear_token_mask() -> None:
+    """Masks that are the argmax of a bilinearly upsampled linear function of the tokens (what the head can
+    represent: a 1x1 conv commutes with bilinear resizing): 50 Adam steps reach > 90% of the pixels (about
+    99%). Per-patch classes upsampled by nearest neighbour would cap any bilinear head near 81% here."""
+    torch.manual_seed(0)
+    grid, out_size, n = (4, 4), (16, 16), 64
+    tokens = torch.randn(n, grid[0] * grid[1], DIM)
+    scores = tokens_to_map(tokens @ torch.randn(DIM, CLASSES), grid)
+    masks = F.interpolate(scores, size=out_size, mode="bilinear", align_corners=False).argmax(1)
+    head = create_segmentation_head("linear", DIM, CLASSES)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(50):
+        opt.zero_grad()
+        segmentation_loss(head(tokens.half(), grid, out_size), masks).backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (head.eval()(tokens.half(), grid, out_size).argmax(1) == masks).float().mean().item()
+    assert accuracy > 0.9
