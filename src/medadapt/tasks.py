@@ -276,36 +276,88 @@ class SegmentationTask(Task):
 SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice")
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, *, kind: str = "ce+dice",
-                      class_weights: torch.Tensor | None = None, smooth: float = 1e-5) -> torch.Tensor:  # fmt: skip
-    """Cross-entropy, soft Dice, or their sum on logits ``[B, C, H, W]`` and masks ``[B, H, W]``.
+def segmentation_loss(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    kind: str = "ce+dice",
+    class_weights: torch.Tensor | None = None,
+    ignore_index: int | None = None,
+    include_background: bool = False,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """The loss of logits ``[B, C, H, W]`` (softmax over ``C >= 2`` classes, binary as 2 logits) against
+    integer masks ``[B, H, W]``.
 
-    Soft Dice is ``1 - mean_c (2 sum p_c y_c + s) / (sum p_c + sum y_c + s)`` over the foreground classes
-    (background left out: with small objects it would dominate the mean; with one class only, over it),
-    summed over the batch's pixels (a batch-level Dice, stable where an image has no foreground). Class
-    weights weigh the cross-entropy.
+    * ``ce``: pixel-wise cross-entropy, ``F.cross_entropy(logits, masks, weight=class_weights)``;
+    * ``dice``: ``1 - mean_c soft Dice_c``, ``Dice_c = (2 sum p_c t_c + smooth) / (sum p_c + sum t_c +
+      smooth)`` with softmax probabilities ``p`` and one-hot masks ``t``, sums over the whole batch and all
+      pixels (batch Dice, as nnU-Net: an image without a structure does not make its own 0/0 term).
+      Background (class 0) is left out of the mean unless ``include_background`` (binary: the Dice of the
+      foreground), as in :mod:`medadapt.evaluation.segmentation`. ``class_weights`` do not apply here;
+    * ``ce+dice`` (default): their sum.
+
+    Pixels equal to ``ignore_index`` count in neither part.
 
     Example:
-        >>> logits = torch.tensor([[[[9.0]], [[-9.0]]]])  # one pixel, class 0 by far
-        >>> round(float(segmentation_loss(logits, torch.zeros(1, 1, 1, dtype=torch.long), kind="ce")), 6)
-        0.0
+        >>> logits = torch.zeros(1, 2, 4, 4)
+        >>> round(segmentation_loss(logits, torch.zeros(1, 4, 4, dtype=torch.long), kind="ce").item(), 4)
+        0.6931
     """
     if kind not in SEGMENTATION_LOSSES:
-        raise ConfigError(
-            f"segmentation loss {kind!r} is not valid; choose one of {', '.join(SEGMENTATION_LOSSES)}"
-        )
+        raise ConfigError(f"unknown segmentation loss {kind!r}; valid: {', '.join(SEGMENTATION_LOSSES)}")
     masks = masks.long()
-    weight = None if class_weights is None else class_weights.to(logits.device)
-    ce = F.cross_entropy(logits.float(), masks, weight=weight) if "ce" in kind.split("+") else None
-    if kind == "ce":
-        return ce
-    p = torch.softmax(logits.float(), dim=1)
-    onehot = F.one_hot(masks, logits.shape[1]).permute(0, 3, 1, 2).float()
-    dims = (0, 2, 3)
-    dice = (2 * (p * onehot).sum(dims) + smooth) / (p.sum(dims) + onehot.sum(dims) + smooth)
-    dice = dice[1:] if logits.shape[1] > 1 else dice
-    dice_loss = 1 - dice.mean()
-    return dice_loss if ce is None else ce + dice_loss
+    valid = _check_masks(logits, masks, ignore_index)
+    loss = logits.new_zeros((), dtype=torch.float32)
+    if "ce" in kind.split("+"):
+        weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
+        ignore = -100 if ignore_index is None else ignore_index
+        loss = loss + F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=ignore)
+    if "dice" in kind.split("+"):
+        loss = loss + _dice_loss(logits, masks, valid, include_background=include_background, smooth=smooth)
+    return loss
+
+
+def _dice_loss(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor | None,
+    *,
+    include_background: bool,
+    smooth: float,
+) -> torch.Tensor:
+    c = logits.shape[1]
+    probs = torch.softmax(logits.float(), dim=1)
+    target = F.one_hot(masks if valid is None else masks.where(valid, 0), c).permute(0, 3, 1, 2).float()
+    if valid is not None:
+        probs, target = probs * valid[:, None], target * valid[:, None]
+    first = 0 if include_background else 1
+    probs, target = probs[:, first:], target[:, first:]
+    inter = (probs * target).sum((0, 2, 3))
+    dice = (2 * inter + smooth) / (probs.sum((0, 2, 3)) + target.sum((0, 2, 3)) + smooth)
+    return 1 - dice.mean()
+
+
+def _check_masks(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
+    """Shape and range checks; the mask of pixels that count (``None``: all of them)."""
+    if logits.ndim != 4 or masks.shape != (logits.shape[0], *logits.shape[2:]):
+        raise DataError(
+            f"segmentation logits {tuple(logits.shape)} and masks {tuple(masks.shape)} do not match; expected "
+            "logits [B, C, H, W] and masks [B, H, W] (heads upsample to out_size = the mask size)"
+        )
+    c = logits.shape[1]
+    if c < 2:
+        raise ConfigError(
+            f"segmentation needs >= 2 softmax classes (binary: background + foreground), got {c}"
+        )
+    valid = None if ignore_index is None else masks != ignore_index
+    outside = (masks < 0) | (masks >= c)
+    if bool((outside if valid is None else outside & valid).any()):
+        raise DataError(
+            f"mask values range over [{int(masks.min())}, {int(masks.max())}], outside the {c} classes "
+            f"[0, {c - 1}]" + ("" if ignore_index is None else f" and ignore_index={ignore_index}")
+        )
+    return valid
 
 
 def _masked_bce(

@@ -4,7 +4,9 @@ Every head is an ``nn.Module`` built as ``cls(dim, num_outputs, **kwargs)`` with
 ``input_key`` (which :class:`~medadapt.features.featureset.FeatureSet` array it reads: ``"embeddings"``
 or ``"tokens"``), ``outputs`` (``"logits"``, or ``"scores"`` when it already returns probabilities) and
 ``trainable`` (``False`` for kNN, which is fitted, not trained). Adding a head is one module and one
-``HEADS.register`` line here.
+``HEADS.register`` line here. Segmentation heads (patch tokens to per-pixel logits: ``linear``, ``multiscale``,
+``decoder``) have their own registry, :data:`SEGMENTATION_HEADS`, since ``linear`` names the 1x1 convolution
+head there.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from .._registry import Registry
 from .attention_pool import AttentionPoolHead, default_num_heads
 from .knn import KNNHead, knn_scores
 from .linear import LinearHead
+from .segmentation import SEGMENTATION_HEADS, create_segmentation_head
 
 __all__ = [
     "HEADS",
     "AttentionPoolHead",
     "KNNHead",
     "LinearHead",
+    "SEGMENTATION_HEADS",
+    "create_segmentation_head",
     "create_head",
     "default_num_heads",
     "knn_scores",
