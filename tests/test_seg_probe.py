@@ -1,0 +1,63 @@
+"""Segmentation probes on cached tokens: they learn, select on validation Dice, and check their inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medadapt.errors import ConfigError, DataError
+from medadapt.features.featureset import FeatureSet
+from medadapt.training.seg_probe import train_seg_probe
+
+GRID, SIZE, DIM = (4, 4), (16, 16), 8
+
+
+def _data(n: int, seed: int) -> tuple[FeatureSet, np.ndarray]:
+    """Tokens whose first channel, upsampled, decides the mask: a linear head can represent it exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(n, GRID[0] * GRID[1], DIM, generator=gen)
+    score = tokens[..., 0].reshape(n, 1, *GRID)
+    masks = (F.interpolate(score, size=SIZE, mode="bilinear", align_corners=False)[:, 0] > 0.3).to(
+        torch.uint8
+    )
+    fs = FeatureSet(embeddings=np.zeros((n, DIM), np.float32), labels=(masks.flatten(1).amax(1, keepdim=True)).numpy(),
+                    tokens=tokens.half().numpy(), grid=GRID)  # fmt: skip
+    return fs, masks.numpy()
+
+
+def test_a_linear_probe_learns_the_masks_and_keeps_the_best_lr():
+    (train, tm), (val, vm), (test, sm) = _data(64, 0), _data(16, 1), _data(16, 2)
+    res = train_seg_probe(
+        train, val, tm, vm, num_classes=2, lrs=[3e-2, 1e-6], epochs=15, batch_size=16, eval_every=5
+    )
+    assert (
+        res.best["lr"] == 3e-2
+        and res.val_dice_by_setting["lr=0.03"] > 0.9 > res.val_dice_by_setting["lr=1e-06"]
+    )
+    pred = res.predict(test, out_size=SIZE)
+    assert pred.shape == (16, *SIZE) and pred.dtype == np.uint8
+    dice = 2 * (pred & sm).sum() / (pred.sum() + sm.sum())
+    assert dice > 0.8
+    assert [r["epoch"] for r in res.history] == list(range(1, 16)) and "val_dice" in res.history[4]
+    assert not any(p.requires_grad and p.grad is None for p in res.head.parameters())
+
+
+def test_the_same_seed_trains_the_same_head():
+    (train, tm), (val, vm) = _data(32, 0), _data(8, 1)
+    a = train_seg_probe(train, val, tm, vm, num_classes=2, lrs=[1e-2], epochs=3, batch_size=8)
+    b = train_seg_probe(train, val, tm, vm, num_classes=2, lrs=[1e-2], epochs=3, batch_size=8)
+    for (name, x), (_, y) in zip(a.head.state_dict().items(), b.head.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_bad_inputs_are_clear_errors():
+    (train, tm), (val, vm) = _data(8, 0), _data(4, 1)
+    with pytest.raises(ConfigError, match="cannot train on one level of cached tokens"):
+        train_seg_probe(train, val, tm, vm, num_classes=2, head="multiscale")
+    with pytest.raises(DataError, match="outside the 2 classes"):
+        train_seg_probe(train, val, tm + 2, vm, num_classes=2)
+    no_tokens = FeatureSet(embeddings=train.embeddings, labels=train.labels)
+    with pytest.raises(DataError, match="hold no patch tokens"):
+        train_seg_probe(no_tokens, val, tm, vm, num_classes=2)
