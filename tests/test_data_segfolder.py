@@ -333,8 +333,8 @@ def test_commands_refuse_a_segmentation_dataset_until_they_run_it(tmp_path: Path
 
     stems = _flat(tmp_path / "seg", 6)
     _lists(tmp_path / "seg", train=stems[:4], test=stems[4:])
-    args = ["probe", "--dataset", f"segfolder:{tmp_path / 'seg'}", "--backbone", "timm:resnet18", "--no-pretrained",
-            "--out", str(tmp_path / "out"), "--img-size", "32"]  # fmt: skip
+    args = ["finetune", "--dataset", f"segfolder:{tmp_path / 'seg'}", "--backbone", "timm:resnet18",
+            "--no-pretrained", "--out", str(tmp_path / "out"), "--img-size", "32"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "is a segmentation dataset, and the 'probe' method runs classification tasks only" in err
+    assert "is a segmentation dataset, and the 'finetune' method runs classification tasks only" in err

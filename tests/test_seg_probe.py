@@ -61,3 +61,40 @@ def test_bad_inputs_are_clear_errors():
     no_tokens = FeatureSet(embeddings=train.embeddings, labels=train.labels)
     with pytest.raises(DataError, match="hold no patch tokens"):
         train_seg_probe(no_tokens, val, tm, vm, num_classes=2)
+
+
+def test_medadapt_probe_on_a_mask_dataset_scores_dice_and_keeps_the_masks(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from medadapt.cli import main
+    from medadapt.evaluation.segmentation import segmentation_metrics
+    from medadapt.reporting.results import load_predictions
+
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
+    root, rng = tmp_path / "seg", np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(24):  # a bright square is the object
+        img, mask = rng.integers(0, 80, (32, 32), dtype=np.uint8), np.zeros((32, 32), np.uint8)
+        r, c = rng.integers(0, 16, 2)
+        img[r : r + 14, c : c + 14], mask[r : r + 14, c : c + 14] = 250, 1
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(f"im{i}" for i in range(18)))
+    (root / "splits" / "val.txt").write_text("\n".join(f"im{i}" for i in range(18, 24)))  # the test set
+    out = tmp_path / "out"
+    args = ["probe", "--dataset", f"segfolder:{root}?val_fraction=0.2", "--backbone",
+            "timm:vit_small_patch14_dinov2?embed_dim=32&depth=1&num_heads=2&patch_size=8", "--no-pretrained",
+            "--head", "linear", "--img-size", "32", "--lrs", "0.03", "--epochs", "20", "--batch-size", "8",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    table = __import__("pandas").read_csv(out / "results.csv")
+    test = table[table["split"] == "test"].set_index("metric")["value"]
+    assert {"dice", "iou", "dice_pooled", "iou_pooled", "hd95"} <= set(test.index)
+    saved = load_predictions(out / "linear" / "seed0" / "predictions" / "test.npz")
+    assert saved["task"] == "segmentation" and saved["labels"].shape == saved["scores"].shape == (6, 32, 32)
+    again = segmentation_metrics(saved["labels"].astype(int), saved["scores"].astype(int), 2)
+    assert test["dice"] == pytest.approx(again["dice"]) and test["dice"] > 0.5  # it learnt the squares
+    history = __import__("pandas").read_csv(out / "linear" / "seed0" / "history.csv")
+    assert {"epoch", "setting", "train_loss", "val_dice"} <= set(history.columns)

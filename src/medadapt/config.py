@@ -50,6 +50,13 @@ def _heads(*, trainable: bool = False) -> list[str]:
     return [n for n in HEADS if not trainable or HEADS.get(n).trainable]
 
 
+def _segmentation_heads() -> list[str]:
+    """Segmentation head names (a probe on a segmentation dataset trains one of them)."""
+    from .training.seg_probe import SEG_HEADS
+
+    return list(SEG_HEADS)
+
+
 def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -149,7 +156,7 @@ class ProbeConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice(self.head, tuple(_heads()), "--head")
+        choice(self.head, tuple(dict.fromkeys([*_heads(), *_segmentation_heads()])), "--head")
         if self.backbone_seed is not None and (
             not isinstance(self.backbone_seed, int) or self.backbone_seed < 0
         ):

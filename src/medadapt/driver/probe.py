@@ -13,6 +13,7 @@ from ..heads import HEADS
 from ..reporting.results import results_rows
 from ..saved import save_classifier
 from ..strategies import build_classifier
+from ..tasks import get_task
 from ..training.loop import peak_memory, reset_peak_memory
 from ..training.probe import train_probe
 from .base import (
@@ -26,17 +27,22 @@ from .base import (
     save_split_predictions,
     write_history,
 )
+from .seg_probe import run_seg_probe
 
 __all__ = ["run_probe"]
 
 
-@METHODS.register("probe")
+@METHODS.register("probe", kinds=("classification", "segmentation"))
 def run_probe(cfg: ProbeConfig, ctx: CellContext, *, name: str, seed: int) -> list[dict[str, Any]]:
     """One (head, seed) of a frozen probe in ``ctx.run_dir``; its tidy rows (val, test, cost).
 
     The backbone is drawn from ``cfg.backbone_seed`` (default: ``seed``): a random-init backbone then differs
     per seed; a grid fixes it, so that every seed and fold of a (dataset, backbone) shares one extraction.
     """
+    if get_task(ctx.splits["train"].task).kind == "segmentation":
+        backbone, preprocess = _backbone(cfg, ctx, seed)
+        return run_seg_probe(cfg, ctx, name=name, seed=seed, backbone=backbone, preprocess=preprocess,
+                             memo_key=_backbone_key(cfg, ctx, seed))  # fmt: skip
     t_start = time.perf_counter()
     reset_peak_memory(ctx.device)
     train = ctx.splits["train"]

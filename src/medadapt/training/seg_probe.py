@@ -57,7 +57,7 @@ class SegProbeResult:
         out = []
         try:
             for start in range(0, len(fs), batch_size):
-                tokens = torch.from_numpy(np.asarray(fs.tokens[start : start + batch_size])).to(device)
+                tokens = torch.from_numpy(np.array(fs.tokens[start : start + batch_size])).to(device)
                 out.append(head(tokens, fs.grid, tuple(out_size)).argmax(1).to(torch.uint8).cpu())
         finally:
             self.head.to("cpu")

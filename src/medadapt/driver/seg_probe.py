@@ -1,0 +1,95 @@
+"""The ``probe`` method on a segmentation dataset: frozen backbone, cached patch tokens, a grid of heads.
+
+The backbone runs once per split into the feature cache (tokens included); a segmentation head per learning
+rate (:data:`medadapt.training.seg_probe.SEG_HEADS`: ``linear`` is BN + 1x1 convolution + bilinear
+upsampling, ``decoder`` a light progressive-upsampling decoder) trains on the tokens and the masks, and the
+best on validation Dice is scored on test: Dice, IoU (per image, and pooled over the dataset) and HD95
+(:mod:`medadapt.evaluation.segmentation`, with its stated rules for empty masks). The cell keeps its
+predicted masks (``predictions/{val,test}.npz``: ``labels`` the true masks, ``scores`` the predicted class
+maps, uint8) and its history; a reloadable model file is not written for segmentation heads yet.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from ..evaluation.segmentation import segmentation_metrics
+from ..reporting.results import results_rows
+from ..training.loop import peak_memory, reset_peak_memory
+from ..training.seg_probe import train_seg_probe
+from .base import CellContext, epoch_bar, extractor, features_of, save_split_predictions, write_history
+
+__all__ = ["run_seg_probe", "SEG_METRICS"]
+
+#: The metrics a segmentation cell reports (``segmentation_metrics`` keys).
+SEG_METRICS = ("dice", "iou", "dice_pooled", "iou_pooled", "hd95")
+
+
+def _masks(ds) -> np.ndarray:
+    masks = [ds.mask(i).numpy() for i in range(len(ds))]
+    shapes = {m.shape for m in masks}
+    if len(shapes) > 1:
+        raise DataError(
+            f"{ds.name} {ds.split}: masks come in {len(shapes)} sizes (e.g. {sorted(shapes)[:3]}); give the dataset "
+            "one size (--size 224, or ?size=224 in its address), so that masks and predictions align"
+        )
+    return np.stack(masks).astype(np.uint8)
+
+
+def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, preprocess,
+                  memo_key: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """One (head, seed) of a segmentation probe in ``ctx.run_dir``; its tidy rows (val, test, cost)."""
+    t_start = time.perf_counter()
+    reset_peak_memory(ctx.device)
+    train = ctx.splits["train"]
+    extract = extractor(cfg, backbone, preprocess, ctx.device, with_tokens=True, show_progress=ctx.show_progress,
+                        memo=ctx.memo, memo_key=memo_key)  # fmt: skip
+    t0 = time.perf_counter()
+    feats = {s: features_of(ds, extract) for s, ds in ctx.splits.items()}
+    t_extract = time.perf_counter() - t0
+    masks = {s: _masks(ds) for s, ds in ctx.splits.items()}
+    t0 = time.perf_counter()
+    bar = epoch_bar(cfg.epochs, f"{cfg.head} segmentation probe (seed {seed})") if ctx.show_progress else None
+    result = train_seg_probe(feats["train"], feats["val"], masks["train"], masks["val"], num_classes=len(train.classes),
+                             head=cfg.head, lrs=cfg.lrs, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                             weight_decay=cfg.weight_decay, seed=seed, device=ctx.device, autocast=cfg.autocast,
+                             head_kwargs=cfg.head_kwargs, progress=bar)  # fmt: skip
+    t_train = time.perf_counter() - t0
+    ids = dict(run=name, dataset=cfg.dataset, backbone=cfg.backbone, strategy="frozen", head=cfg.head, seed=seed,
+               fold=ctx.fold, pretrained=backbone.spec.pretrained or "random-init", img_size=ctx.img_size,
+               selected=";".join(f"{k}={v}" for k, v in result.best.items()))  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for split in ("val", "test"):
+        truth = masks[split]
+        pred = result.predict(
+            feats[split], out_size=truth.shape[1:], batch_size=cfg.batch_size, device=ctx.device
+        )
+        save_split_predictions(ctx.run_dir, split, ctx.splits[split], truth, pred)
+        scores = segmentation_metrics(truth.astype(np.int64), pred.astype(np.int64), len(train.classes))
+        rows += results_rows(metrics={k: scores[k] for k in SEG_METRICS}, split=split, **ids)
+    write_history(ctx.run_dir, _history(result))
+    head_params = sum(p.numel() for p in result.head.parameters())
+    cost = {
+        "backbone_params": sum(p.numel() for p in backbone.parameters()),
+        "head_params": head_params,
+        "trainable_params": head_params,
+        "extract_seconds": t_extract,
+        "train_seconds": t_train,
+        "peak_memory_bytes": peak_memory(ctx.device),
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    return rows + results_rows(metrics=cost, split="cost", **ids)
+
+
+def _history(result) -> list[dict[str, Any]]:
+    """One record per (epoch, learning rate): ``epoch, setting, lr, train_loss, val_dice``."""
+    records = []
+    for record in result.history:
+        for setting, loss in record["train_loss"].items():
+            records.append({"epoch": record["epoch"], "setting": setting, "lr": float(setting.split("=")[1]),
+                            "train_loss": loss, "val_dice": record.get("val_dice", {}).get(setting)})  # fmt: skip
+    return records
