@@ -98,3 +98,16 @@ def test_medadapt_probe_on_a_mask_dataset_scores_dice_and_keeps_the_masks(tmp_pa
     assert test["dice"] == pytest.approx(again["dice"]) and test["dice"] > 0.5  # it learnt the squares
     history = __import__("pandas").read_csv(out / "linear" / "seed0" / "history.csv")
     assert {"epoch", "setting", "train_loss", "val_dice"} <= set(history.columns)
+
+    # compare and report read the cell: Dice by default (the table has no AUC), intervals over test images
+    from medadapt.reporting.compare import compare
+    from medadapt.reporting.report import write_report
+    from medadapt.reporting.sources import load_sources
+
+    result = compare(load_sources([out]), n_resamples=200)
+    row = result.summary.iloc[0]
+    assert result.options.metric == "dice" and row["mean"] == pytest.approx(test["dice"])
+    assert row["boot_low"] <= row["mean"] <= row["boot_high"] and result.calibration is None
+    assert result.cells["boot_low"].notna().all()
+    page, _ = write_report([out], tmp_path / "r.html")
+    assert "dice" in page.read_text()

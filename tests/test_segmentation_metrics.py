@@ -244,3 +244,22 @@ def test_bad_scores_raise_data_error() -> None:
         labels_from_scores(np.zeros((2, 8, 8)))
     with pytest.raises(DataError, match="non-finite"):
         labels_from_scores(np.full((1, 2, 4, 4), np.nan))
+
+
+def test_weighted_segmentation_metrics_are_the_metrics_of_repeated_images():
+    """The bootstrap's form: unit weights give segmentation_metrics, integer weights its value on repeated images."""
+    from medadapt.evaluation.weighted import SEGMENTATION_METRICS, weighted_metric
+
+    rng = np.random.default_rng(3)
+    truth = (rng.random((6, 8, 8)) < 0.3).astype(int)
+    pred = np.where(rng.random((6, 8, 8)) < 0.8, truth, 1 - truth)
+    truth[5], pred[5] = 0, 0  # an image without the structure, predicted so
+    plain = segmentation_metrics(truth, pred, 2)
+    w = np.array([2, 0, 1, 3, 1, 1])
+    repeated = segmentation_metrics(np.repeat(truth, w, axis=0), np.repeat(pred, w, axis=0), 2)
+    for name in SEGMENTATION_METRICS:
+        ones = weighted_metric(name, "segmentation", truth, pred, np.ones(6))
+        assert float(ones) == pytest.approx(plain[name], abs=1e-9), name
+        assert float(weighted_metric(name, "segmentation", truth, pred, w)) == pytest.approx(
+            repeated[name], abs=1e-9
+        )

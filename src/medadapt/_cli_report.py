@@ -14,7 +14,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="RESULTS",
                    help="run / grid folders (holding results.csv and the cells' predictions) or results CSV files")  # fmt: skip
     p.add_argument(
-        "--metric", default="auc", help="the metric compared, one of the results table (default: auc)"
+        "--metric", help="the metric compared, one of the results table (default: auc, or dice for masks)"
     )
     p.add_argument("--split", default="test", help="the split compared (default: test)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: Metrics of this module, and of :data:`~.bootstrap.WEIGHTED_METRICS`, where a smaller value is better.
-LOWER_IS_BETTER = frozenset({"ece", "brier"})
+LOWER_IS_BETTER = frozenset({"ece", "brier", "hd95"})
 #: ``top``: confidence of the predicted class vs correct; ``positive``: probability of 1 vs the label.
 KINDS = ("top", "positive")
 

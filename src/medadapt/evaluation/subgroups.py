@@ -38,6 +38,8 @@ __all__ = ["subgroup_report", "confounder_report", "MIN_CLASS", "SUBGROUP_METRIC
 MIN_CLASS = 5
 #: Metrics reported per subgroup (with the compared metric first where it is another).
 SUBGROUP_METRICS = ("auc", "acc", "sensitivity", "specificity")
+#: ... and per subgroup of a segmentation dataset (images are the rows).
+SEGMENTATION_SUBGROUP_METRICS = ("dice", "iou")
 _BLANK = "(blank)"
 
 
@@ -126,7 +128,8 @@ def subgroup_report(*, cells: Sequence[dict], which: Sequence[int], units: Seque
     """Every metric per level of ``column`` with its interval, and per metric the gap between the best and
     the worst group (``gap``, ``worst_group``). Returns ``(groups, gaps)``."""
     levels, values = _levels(cells, column)
-    metrics = list(dict.fromkeys([metric, *SUBGROUP_METRICS]))
+    shown = SEGMENTATION_SUBGROUP_METRICS if cells[0]["task"] == "segmentation" else SUBGROUP_METRICS
+    metrics = list(dict.fromkeys([metric, *shown]))
     rows = []
     for level in levels:
         masks = [v == level for v in values]

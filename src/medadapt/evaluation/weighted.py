@@ -25,7 +25,7 @@ from . import metrics as _metrics
 from .calibration import LOWER_IS_BETTER, prepare_brier, prepare_ece
 from .metrics import METRICS, _finite, _predicted, _prepare
 
-__all__ = ["WEIGHTED_METRICS", "WeightedFn", "weighted_metric", "prepare_metric"]
+__all__ = ["WEIGHTED_METRICS", "SEGMENTATION_METRICS", "WeightedFn", "weighted_metric", "prepare_metric"]
 
 NAN = float("nan")
 #: A prepared weighted metric: ``(B, N)`` row weights -> ``(B,)`` values.
@@ -245,6 +245,45 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
 
 #: Metrics of rows weighted by counts: ``fn(task, labels, scores, weights [B, N]) -> [B]``; the factory that
 #: sorts / tabulates once is in each entry's meta (``WEIGHTED_METRICS.meta(name)["prepare"]``).
+# ------------------------------------------------------------------------------------------- segmentation
+#: Segmentation metrics with a weighted form: images are the rows (per-image values, or pooled counts).
+SEGMENTATION_METRICS = ("dice", "iou", "dice_pooled", "iou_pooled", "hd95")
+
+
+def _prepare_segmentation(name: str) -> Callable[..., WeightedFn]:
+    """``labels`` and ``scores`` are the true and predicted masks ``[N, H, W]``. A per-image metric is the
+    weighted mean of its per-image values (mean over foreground classes); a pooled one sums the weighted
+    per-image counts before the ratio. All-ones weights give :func:`.segmentation.segmentation_metrics`."""
+
+    def prepare(task: str, labels: ArrayLike, scores: ArrayLike) -> WeightedFn:
+        from . import segmentation as seg  # MONAI only for hd95, and only when asked
+
+        if task != "segmentation":
+            raise DataError(f"{name!r} scores masks (task segmentation), not a {task} task")
+        t, p = np.asarray(labels).astype(np.int64), np.asarray(scores).astype(np.int64)
+        n_classes = max(2, int(max(t.max(initial=0), p.max(initial=0))) + 1)
+        if name.endswith("_pooled"):
+            counts = seg.confusion_counts(t, p, n_classes)[:, 1:]  # [N, C-1, (tp, fp, fn)]
+            tp, fp, fn = (counts[..., k].astype(np.float64) for k in range(3))
+
+            def pooled(w: np.ndarray) -> np.ndarray:
+                a, b, c = w @ tp, w @ fp, w @ fn
+                num, den = (2 * a, 2 * a + b + c) if name == "dice_pooled" else (a, a + b + c)
+                return np.nanmean(np.where(den > 0, num / np.where(den > 0, den, 1), 1.0), axis=1)
+
+            return pooled
+        per_class = {"dice": seg.dice_per_image, "iou": seg.iou_per_image, "hd95": seg.hd95_per_image}[name]
+        values = np.nanmean(per_class(t, p, n_classes), axis=1)
+
+        def per_image(w: np.ndarray) -> np.ndarray:
+            total = w.sum(axis=1)
+            return np.where(total > 0, (w @ values) / np.where(total > 0, total, 1), np.nan)
+
+        return per_image
+
+    return prepare
+
+
 WEIGHTED_METRICS: Registry[Callable[..., np.ndarray]] = Registry("weighted metric")
 
 _PREPARE: dict[str, Callable[..., WeightedFn]] = {
@@ -256,6 +295,7 @@ _PREPARE: dict[str, Callable[..., WeightedFn]] = {
     "f1_macro": _count_metric("f1_macro", _f1_macro),
     "ece": prepare_ece,
     "brier": prepare_brier,
+    **{name: _prepare_segmentation(name) for name in SEGMENTATION_METRICS},
 }
 
 

@@ -65,7 +65,7 @@ _MAX_NAN = 0.01
 class CompareOptions:
     """What :func:`compare` computes; every field is a ``medadapt compare`` flag."""
 
-    metric: str = "auc"
+    metric: str | None = None  # None: auc, or dice where the table holds masks' metrics only
     split: str = "test"
     alpha: float = 0.05
     confidence: float = 0.95
@@ -92,7 +92,7 @@ class CompareOptions:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric not in LOWER_IS_BETTER
+        return (self.metric or "auc") not in LOWER_IS_BETTER
 
 
 @dataclass
@@ -189,6 +189,8 @@ def compare(sources: Sources, options: CompareOptions | None = None, **kwargs: A
         >>> result.write("runs/grid/compare")  # doctest: +SKIP
     """
     opts = dataclasses.replace(options, **kwargs) if options is not None else CompareOptions(**kwargs)
+    if opts.metric is None:
+        opts = dataclasses.replace(opts, metric=_default_metric(sources.table, opts.split))
     cells = _cells(sources.table, opts)
     preds = _load_predictions(sources, cells, opts)
     missing = [_cell_name(c) for c in cells.itertuples() if c.Index not in preds]
@@ -210,6 +212,12 @@ def compare(sources: Sources, options: CompareOptions | None = None, **kwargs: A
         result.notes.append(f"predictions missing for {len(missing)} cell(s): a method with any of them gets no "
                             f"bootstrap interval; calibration and subgroups use its other cells: {shown}")  # fmt: skip
     return result
+
+
+def _default_metric(table: pd.DataFrame, split: str) -> str:
+    """``auc``, or ``dice`` where the table scores masks and has no AUC (a segmentation run)."""
+    known = set(table.loc[table["split"] == split, "metric"])
+    return "dice" if "auc" not in known and "dice" in known else "auc"
 
 
 def _cells(table: pd.DataFrame, opts: CompareOptions) -> pd.DataFrame:
@@ -501,7 +509,7 @@ def _rank(result: Comparison, cells: pd.DataFrame, opts: CompareOptions) -> None
 def _calibration(result: Comparison, cells: pd.DataFrame, preds, opts: CompareOptions) -> None:
     rows, curves = [], []
     for (dataset, method), group in cells.groupby(["dataset", METHOD], sort=False):
-        have = [preds[i] for i in group.index if i in preds]
+        have = [preds[i] for i in group.index if i in preds and preds[i]["task"] != "segmentation"]
         if not have:
             continue
         ece = [
@@ -516,6 +524,10 @@ def _calibration(result: Comparison, cells: pd.DataFrame, preds, opts: CompareOp
             scores = np.concatenate([p["scores"] for p in have])
             curve = reliability_curve(have[0]["task"], labels, scores, n_bins=opts.calibration_bins)
             curves.append(curve.assign(dataset=dataset, **{METHOD: method}))
+    if any(p["task"] == "segmentation" for p in preds.values()):
+        result.notes.append(
+            "calibration: segmentation cells keep class maps, not probabilities; not computed for them"
+        )
     if rows:
         result.calibration = pd.DataFrame(rows)
     if curves:

@@ -28,7 +28,7 @@ __all__ = ["write_report", "report_data", "histories"]
 log = logging.getLogger(__name__)
 
 #: History columns drawn as learning curves, where a run has them.
-CURVE_COLUMNS = ("train_loss", "val_loss", "val_auc", "val_acc")
+CURVE_COLUMNS = ("train_loss", "val_loss", "val_auc", "val_acc", "val_dice")
 _PACKAGES = ("medadapt", "torch", "timm")
 
 
@@ -176,10 +176,11 @@ def _selected_setting(run: Path, history: pd.DataFrame) -> str:
             setting = str(text).split(";")[0]
             if setting in set(history["setting"]):
                 return setting
-    last = history.dropna(subset=["val_auc"]) if "val_auc" in history else history
+    score = next((c for c in ("val_auc", "val_dice") if c in history), None)
+    last = history.dropna(subset=[score]) if score else history.iloc[:0]
     if last.empty:
         return str(history["setting"].iloc[0])
-    return str(last.sort_values(["epoch", "val_auc"]).iloc[-1]["setting"])
+    return str(last.sort_values(["epoch", score]).iloc[-1]["setting"])
 
 
 def _figures(sources: Sources) -> list[tuple[str, Path]]:
