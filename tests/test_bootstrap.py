@@ -22,8 +22,10 @@ from medadapt.evaluation.bootstrap import (
     weighted_metric,
 )
 from medadapt.evaluation.metrics import METRICS
+from medadapt.evaluation.weighted import SEGMENTATION_METRICS
 
-ALL_METRICS = [*WEIGHTED_METRICS, "cohen_kappa"]
+# the classification metrics (the segmentation ones are checked in test_segmentation_metrics.py)
+ALL_METRICS = [*(m for m in WEIGHTED_METRICS if m not in SEGMENTATION_METRICS), "cohen_kappa"]
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
