@@ -277,7 +277,9 @@ def _run_probe(args: argparse.Namespace) -> int:
     layers = [load_yaml(args.config)] if args.config else []
     cfg = merge_config(ProbeConfig, *layers, flags)
     table = probe(cfg, show_progress=True)
-    shown = table[table["split"].isin(["val", "test"]) & table["metric"].isin(["auc", "acc"])]
+    scored = table[table["split"].isin(["val", "test"])]
+    headline = ["auc", "acc"] if "auc" in set(scored["metric"]) else ["dice", "iou"]  # masks: Dice, IoU
+    shown = scored[scored["metric"].isin(headline)]
     print(shown.pivot_table(index=["seed"], columns=["split", "metric"], values="value").round(4).to_string())
     print(f"results: {cfg.out_dir / 'results.csv'}")
     return 0
