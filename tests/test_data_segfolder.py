@@ -270,8 +270,10 @@ def test_object_size_from_a_bboxes_json(tmp_path: Path) -> None:
     }
     (tmp_path / "kavsir_bboxes.json").write_text(json.dumps(boxes))
     _lists(tmp_path, test=["s00", "s01", "s02"])
-    sizes = load_dataset(f"segfolder:{tmp_path}", "test").metadata["object_size"].tolist()
+    meta = load_dataset(f"segfolder:{tmp_path}", "test").metadata
+    sizes = meta["object_size"].tolist()
     assert sizes[:2] == [48 / 192, 0.0] and np.isnan(sizes[2])
+    assert meta["object_size_band"].tolist() == ["large (>20%)", "small (<5%)", ""]
 
 
 # ---------------------------------------------------------------------------------------- registry, errors

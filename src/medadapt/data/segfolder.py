@@ -20,7 +20,9 @@ Other files in ROOT (all optional): ``classes.txt`` (one class name per line, ba
 ``patients.csv`` (columns ``stem,patient_id``; without it every image is its own patient, and a stem it does
 not list is one too); ``*bboxes.json`` (Kvasir-SEG's ``{stem: {height, width, bbox: [{label, xmin, ymin,
 xmax, ymax}]}}``), which gives the metadata column ``object_size`` = largest box area / image area (0 for
-no box, NaN for a stem it does not list) and, when its boxes have one label, the name of the foreground class.
+no box, NaN for a stem it does not list), its band ``object_size_band`` (:data:`SIZE_BANDS`: small, medium,
+large; for ``medadapt compare --subgroup object_size_band``) and, when its boxes have one label, the name of the
+foreground class.
 
 **Masks.** Values are class indices, 0 the background, read by :func:`read_mask`:
 
@@ -91,7 +93,7 @@ from .images import _PIL_ERRORS, is_dicom_file, read_image
 from .splits import DEFAULT_FRACTIONS, grouped_split
 from .transforms import INTERPOLATIONS, resize
 
-__all__ = ["SegmentationDataset", "load_segfolder", "read_mask"]
+__all__ = ["SegmentationDataset", "load_segfolder", "read_mask", "SIZE_BANDS", "size_bands"]
 
 logger = logging.getLogger(__name__)
 
@@ -548,6 +550,17 @@ def _splits(
     return splits, labels, foreground, errors
 
 
+#: Object size bands (upper bound of the box's share of the image, name): small objects are the hard case.
+SIZE_BANDS = ((0.05, "small (<5%)"), (0.20, "medium (5-20%)"), (1.0, "large (>20%)"))
+
+
+def size_bands(sizes: pd.Series) -> pd.Series:
+    """The :data:`SIZE_BANDS` name of each object size (a box's share of the image); empty where unknown."""
+    bounds = [0.0] + [b for b, _ in SIZE_BANDS]
+    bands = pd.cut(sizes, bins=bounds, labels=[n for _, n in SIZE_BANDS], include_lowest=True)
+    return bands.astype(object).where(sizes.notna(), "")
+
+
 @dataclass
 class _PairRows(_Rows):
     def where(self, i: int) -> str:
@@ -568,6 +581,7 @@ def _rows(root: Path, split: str, opts: _SegOptions) -> tuple[_PairRows, Callabl
     meta = table[["stem", "path", "mask_path"]].assign(patient_id=patients)
     if sizes is not None:
         meta["object_size"] = table["stem"].map(sizes).astype(float)
+        meta["object_size_band"] = size_bands(meta["object_size"])
     meta["foreground"] = foreground
     paths = [str(root / p) if p else "" for p in table["path"]]
     rows = _PairRows(
