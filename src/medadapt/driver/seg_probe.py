@@ -6,11 +6,14 @@ upsampling, ``decoder`` a light progressive-upsampling decoder) trains on the to
 best on validation Dice is scored on test: Dice, IoU (per image, and pooled over the dataset) and HD95
 (:mod:`medadapt.evaluation.segmentation`, with its stated rules for empty masks). The cell keeps its
 predicted masks (``predictions/{val,test}.npz``: ``labels`` the true masks, ``scores`` the predicted class
-maps, uint8) and its history; a reloadable model file is not written for segmentation heads yet.
+maps, uint8), its history and ``figures/overlays_test.png`` (the best, median and worst test images by
+Dice, listed in its ``outputs.json`` for ``medadapt report``); a reloadable model file is not written for
+segmentation heads yet.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,7 +21,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..evaluation.segmentation import segmentation_metrics
-from ..reporting.results import results_rows
+from ..reporting.overlays import write_overlays
+from ..reporting.results import results_rows, write_json
 from ..training.loop import peak_memory, reset_peak_memory
 from ..training.seg_probe import train_seg_probe
 from .base import CellContext, epoch_bar, extractor, features_of, save_split_predictions, write_history
@@ -27,6 +31,8 @@ __all__ = ["run_seg_probe", "SEG_METRICS"]
 
 #: The metrics a segmentation cell reports (``segmentation_metrics`` keys).
 SEG_METRICS = ("dice", "iou", "dice_pooled", "iou_pooled", "hd95")
+
+log = logging.getLogger(__name__)
 
 
 def _masks(ds) -> np.ndarray:
@@ -69,6 +75,8 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
             feats[split], out_size=truth.shape[1:], batch_size=cfg.batch_size, device=ctx.device
         )
         save_split_predictions(ctx.run_dir, split, ctx.splits[split], truth, pred)
+        if split == "test":
+            _write_overlays(ctx, truth, pred, len(train.classes))
         scores = segmentation_metrics(truth.astype(np.int64), pred.astype(np.int64), len(train.classes))
         rows += results_rows(metrics={k: scores[k] for k in SEG_METRICS}, split=split, **ids)
     write_history(ctx.run_dir, _history(result))
@@ -83,6 +91,20 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
         "wall_seconds": time.perf_counter() - t_start,
     }
     return rows + results_rows(metrics=cost, split="cost", **ids)
+
+
+def _write_overlays(ctx: CellContext, truth: np.ndarray, pred: np.ndarray, n_classes: int) -> None:
+    """``figures/overlays_test.png`` (best, median and worst test images by Dice), listed in the cell's
+    ``outputs.json`` for the report; skipped, with a warning, without matplotlib (the ``plots`` extra)."""
+    stem = ctx.run_dir / "figures" / "overlays_test"
+    try:
+        paths = write_overlays(ctx.splits["test"], truth, pred, stem, n_classes=n_classes)
+    except ImportError as e:  # MissingDependencyError
+        log.warning("overlay figure skipped: %s", e)
+        return
+    write_json(
+        {"figures": [p.relative_to(ctx.run_dir).as_posix() for p in paths]}, ctx.run_dir / "outputs.json"
+    )
 
 
 def _history(result) -> list[dict[str, Any]]:

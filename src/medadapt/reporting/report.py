@@ -184,22 +184,42 @@ def _selected_setting(run: Path, history: pd.DataFrame) -> str:
 
 
 def _figures(sources: Sources) -> list[tuple[str, Path]]:
-    """Figures a run wrote and listed in its ``outputs.json`` (distillation: t-SNE, Grad-CAM, ablations)."""
-    found = []
+    """Figures listed in an ``outputs.json``: a run's at its root (distillation: t-SNE, Grad-CAM, ablations),
+    then a cell's in its folder (segmentation: overlays; the first cell of each method and dataset), captioned
+    with the cell."""
+    found, seen = [], set()
     for s in sources.sources:
         root = s.path if s.path.is_dir() else s.path.parent
-        listed = root / "outputs.json"
-        if not listed.is_file():
+        seen.add(root.resolve())
+        found += [(f"{s.name}: {name}", path) for name, path in _listed_figures(root)]
+    # one cell per method and dataset (its first seed and fold): a grid's page stays readable
+    cells = sources.table.dropna(subset=["run_path"]).drop_duplicates(["source", "dataset", METHOD])
+    for c in cells.itertuples(index=False):
+        folder = Path(c.run_path)
+        if folder in seen:
             continue
-        try:
-            files = json.loads(listed.read_text()).get("figures", [])
-        except (json.JSONDecodeError, AttributeError, OSError):
-            continue
-        for f in files:
-            path = root / f
-            if path.suffix.lower() == ".png" and path.is_file():
-                found.append((f"{s.name}: {Path(f).stem.replace('_', ' ')}", path))
+        found += [(f"{_cell_caption(c)}: {name}", path) for name, path in _listed_figures(folder)]
     return found
+
+
+def _cell_caption(cell: Any) -> str:
+    """``SOURCE: DATASET / METHOD (seed S, fold F)``."""
+    where = [f"{key} {int(getattr(cell, key))}" for key in ("seed", "fold") if pd.notna(getattr(cell, key))]
+    name = f"{cell.source}: {cell.dataset} / {getattr(cell, METHOD)}"
+    return f"{name} ({', '.join(where)})" if where else name
+
+
+def _listed_figures(folder: Path) -> list[tuple[str, Path]]:
+    """The PNG files ``folder/outputs.json`` lists under ``figures``, named by their file names."""
+    listed = folder / "outputs.json"
+    if not listed.is_file():
+        return []
+    try:
+        files = json.loads(listed.read_text()).get("figures", [])
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return []
+    paths = [(Path(f).stem.replace("_", " "), folder / f) for f in files]
+    return [(name, path) for name, path in paths if path.suffix.lower() == ".png" and path.is_file()]
 
 
 def _finite(x: Any) -> bool:
