@@ -50,6 +50,7 @@ __all__ = [
     "features_of",
     "write_history",
     "save_split_predictions",
+    "probe_ids",
     "epoch_bar",
     "HISTORY_FILE",
 ]
@@ -220,6 +221,16 @@ def extractor(cfg, backbone, preprocess, device, *, with_tokens: bool, show_prog
 
 
 # ---------------------------------------------------------------------------------------------- records
+def probe_ids(
+    cfg, ctx: CellContext, *, name: str, seed: int, backbone, best: dict[str, Any]
+) -> dict[str, Any]:
+    """The result ids of a frozen-probe cell (classification or segmentation): names, fold, the backbone's
+    weights, and the setting its validation selected (``lr=...;epoch=...``)."""
+    return dict(run=name, dataset=cfg.dataset, backbone=cfg.backbone, strategy="frozen", head=cfg.head, seed=seed,
+                fold=ctx.fold, pretrained=backbone.spec.pretrained or "random-init", img_size=ctx.img_size,
+                selected=";".join(f"{k}={v}" for k, v in best.items()))  # fmt: skip
+
+
 #: Metadata columns every dataset has (a row number, the official split a fold's row came from): no subgroups.
 _PLAIN_METADATA = {"index", "source_split"}
 

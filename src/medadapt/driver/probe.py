@@ -24,6 +24,7 @@ from .base import (
     features_of,
     model_info,
     preprocess_for,
+    probe_ids,
     save_split_predictions,
     write_history,
 )
@@ -75,9 +76,7 @@ def run_probe(cfg: ProbeConfig, ctx: CellContext, *, name: str, seed: int) -> li
         progress=clock.wrap(bar),
     )
     t_train = time.perf_counter() - t0
-    ids = dict(run=name, dataset=cfg.dataset, backbone=cfg.backbone, strategy="frozen", head=cfg.head, seed=seed,
-               fold=ctx.fold, pretrained=backbone.spec.pretrained or "random-init", img_size=ctx.img_size,
-               selected=";".join(f"{k}={v}" for k, v in result.best.items()))  # fmt: skip
+    ids = probe_ids(cfg, ctx, name=name, seed=seed, backbone=backbone, best=result.best)
     rows: list[dict[str, Any]] = []
     for split in ("val", "test"):
         fs = feats[split]

@@ -25,7 +25,15 @@ from ..reporting.overlays import write_overlays
 from ..reporting.results import results_rows, write_json
 from ..training.loop import peak_memory, reset_peak_memory
 from ..training.seg_probe import train_seg_probe
-from .base import CellContext, epoch_bar, extractor, features_of, save_split_predictions, write_history
+from .base import (
+    CellContext,
+    epoch_bar,
+    extractor,
+    features_of,
+    probe_ids,
+    save_split_predictions,
+    write_history,
+)
 
 __all__ = ["run_seg_probe", "SEG_METRICS"]
 
@@ -65,9 +73,7 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
                              weight_decay=cfg.weight_decay, seed=seed, device=ctx.device, autocast=cfg.autocast,
                              head_kwargs=cfg.head_kwargs, progress=bar)  # fmt: skip
     t_train = time.perf_counter() - t0
-    ids = dict(run=name, dataset=cfg.dataset, backbone=cfg.backbone, strategy="frozen", head=cfg.head, seed=seed,
-               fold=ctx.fold, pretrained=backbone.spec.pretrained or "random-init", img_size=ctx.img_size,
-               selected=";".join(f"{k}={v}" for k, v in result.best.items()))  # fmt: skip
+    ids = probe_ids(cfg, ctx, name=name, seed=seed, backbone=backbone, best=result.best)
     rows: list[dict[str, Any]] = []
     for split in ("val", "test"):
         truth = masks[split]

@@ -300,18 +300,15 @@ def _test_sets(
     return units, [folds.index(f) for f in group["fold"]]
 
 
-def _mean_statistic(group: pd.DataFrame, preds: dict[int, dict[str, Any]], which: list[int], metric: str,
-                    mask: dict[int, np.ndarray] | None = None):  # fmt: skip
+def _mean_statistic(group: pd.DataFrame, preds: dict[int, dict[str, Any]], which: list[int], metric: str):
     """The statistic of a method's bootstrap: its mean over cells of the metric on each resample."""
     fns = [
         boot.prepare_metric(metric, preds[i]["task"], preds[i]["labels"], preds[i]["scores"])
         for i in group.index
     ]
-    masks = [None if mask is None else mask[i] for i in group.index]
 
     def statistic(weights: list[np.ndarray]) -> np.ndarray:
-        values = [fn(weights[k] if m is None else weights[k] * m) for fn, k, m in zip(fns, which, masks)]
-        return np.mean(values, axis=0)
+        return np.mean([fn(weights[k]) for fn, k in zip(fns, which)], axis=0)
 
     return statistic
 

@@ -128,6 +128,15 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> Non
         raise ConfigError(f"the {what} table lacks column(s) {missing}; it has {list(df.columns)}")
 
 
+def _dataset_rows(df: pd.DataFrame, columns: Sequence[str], what: str, dataset: str) -> pd.DataFrame:
+    """The rows of ``dataset`` in the ``what`` table, which must have ``columns``; none is an error."""
+    _require_columns(df, columns, what)
+    rows = df[df["dataset"].astype(str) == str(dataset)]
+    if rows.empty:
+        raise ConfigError(f"no {what} rows for dataset {dataset!r}")
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ Pareto front
 def pareto_front(df: pd.DataFrame, value: str, cost: str, *, higher_is_better: bool = True) -> pd.Series:
     """Which rows are on the Pareto front: no other row is at least as good and at least as cheap, and
@@ -284,10 +293,7 @@ def plot_reliability(
         colors: ``{method: colour}``; default :func:`method_colors`.
     """
     needed = ["dataset", "method", "lower", "upper", "count", "confidence", "accuracy"]
-    _require_columns(reliability, needed, "reliability")
-    rows = reliability[reliability["dataset"].astype(str) == str(dataset)]
-    if rows.empty:
-        raise ConfigError(f"no reliability rows for dataset {dataset!r}")
+    rows = _dataset_rows(reliability, needed, "reliability", dataset)
     methods = sorted(rows["method"].astype(str).unique())
     palette = _colors(colors, methods)
     ncols = min(len(methods), 4)
@@ -363,10 +369,7 @@ def plot_sensitivity(
         colors: ``{method: colour}``; default :func:`method_colors`.
     """
     needed = ["dataset", "method", "column", "level", "sensitivity", "sens_low", "sens_high"]
-    _require_columns(confounder, needed, "confounder")
-    rows = confounder[confounder["dataset"].astype(str) == str(dataset)]
-    if rows.empty:
-        raise ConfigError(f"no confounder rows for dataset {dataset!r}")
+    rows = _dataset_rows(confounder, needed, "confounder", dataset)
     columns = list(dict.fromkeys(rows["column"].astype(str)))
     methods = sorted(rows["method"].astype(str).unique())
     palette = _colors(colors, methods)

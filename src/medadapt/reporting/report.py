@@ -10,13 +10,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .compare import CompareOptions, Comparison, compare
@@ -220,7 +218,3 @@ def _listed_figures(folder: Path) -> list[tuple[str, Path]]:
         return []
     paths = [(Path(f).stem.replace("_", " "), folder / f) for f in files]
     return [(name, path) for name, path in paths if path.suffix.lower() == ".png" and path.is_file()]
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float, np.floating)) and math.isfinite(float(x))
