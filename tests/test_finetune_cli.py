@@ -117,7 +117,10 @@ def test_a_probe_only_head_is_refused_before_any_work(data, capsys):
     # the trainable heads come from the head registry, so the config refuses it (not a list in the CLI)
     assert main(_finetune(data, "--head", "knn", "--out", str(data / "knn"))) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "medadapt: error: --head 'knn' is not valid; choose one of ['attention', 'linear']"
+    assert (
+        err
+        == "medadapt: error: --head 'knn' is not valid; choose one of ['attention', 'linear', 'decoder', 'multiscale', 'native']"
+    )
     assert not (data / "knn").exists()
 
 

@@ -33,6 +33,8 @@ def _add_run_flags(p: argparse.ArgumentParser, *, heads: str) -> None:
     p.add_argument(
         "--head", help=f"head on the backbone's output: {heads} (medadapt list heads; default: linear)"
     )
+    p.add_argument("--head-option", dest="head_kwargs", action="append", metavar="KEY=VALUE",
+                   help="a head option, e.g. --head-option levels=4 --head-option stride_out=16 (repeatable)")  # fmt: skip
     p.add_argument("--size", type=int, help="stored dataset resolution (MedMNIST: 28, 64, 128, 224)")
     p.add_argument("--img-size", type=int, help="backbone input size (default: --size)")
     p.add_argument(
@@ -96,11 +98,13 @@ _TRAIN_FLAGS = {
     "class_weights": dict(
         action="store_const", const=True, default=None, help="inverse-frequency loss weights"
     ),
-    "early_stop": dict(help="val_auc or val_loss"),
+    "early_stop": dict(help="val_auc or val_loss (segmentation: val_auc means val_dice)"),
     "patience": dict(type=int),
     "select_on": dict(
-        help="val_auc (default; ties: lower loss), val_auc_first (official MedMNIST), val_loss or last"
+        help="val_auc (default; ties: lower loss; segmentation: val_dice), val_auc_first (official MedMNIST), "
+        "val_loss or last"
     ),
+    "loss": dict(help="segmentation loss: ce, dice or ce+dice (default)"),
     "augment": dict(help="none, light or natural"),
     "eval_every": dict(type=int),
     "checkpoint_every": dict(
@@ -190,7 +194,7 @@ def _training_config(cls, args: argparse.Namespace):
 
     flags = _flags(args)
     if flags.get("strategy_options"):
-        flags["strategy_options"] = _key_values(flags["strategy_options"])
+        flags["strategy_options"] = _key_values(flags["strategy_options"], "--option")
     layers = [load_preset(args.preset)] if args.preset else []
     layers += [load_yaml(args.config)] if args.config else []
     return merge_config(cls, *layers, flags)
@@ -219,6 +223,8 @@ def _flags(args: argparse.Namespace, *, drop: tuple[str, ...] = ()) -> dict[str,
     }
     if train:
         flags["train"] = train
+    if flags.get("head_kwargs"):
+        flags["head_kwargs"] = _key_values(flags["head_kwargs"], "--head-option")
     return flags
 
 
@@ -233,7 +239,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_values(items: list[str]) -> dict[str, Any]:
+def _key_values(items: list[str], flag: str) -> dict[str, Any]:
     import yaml
 
     from ._yaml import load as load_yaml_text
@@ -242,19 +248,21 @@ def _key_values(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--option {item!r} is not KEY=VALUE (e.g. --option r=8)")
+            raise ConfigError(f"{flag} {item!r} is not KEY=VALUE (e.g. {flag} r=8)")
         try:
             out[key] = load_yaml_text(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--option {item!r}: the value is not valid YAML ({e})") from e
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML ({e})") from e
     return out
 
 
 def side_by_side(table) -> str:
-    """Test AUC / ACC as mean ± std over seeds per arm, with the cost columns."""
+    """Test AUC / ACC (segmentation: Dice / IoU / HD95) as mean ± std over seeds per arm, with the cost
+    columns."""
     from .evaluation import format_mean_std
 
-    test = table[(table["split"] == "test") & table["metric"].isin(["auc", "acc"])]
+    headline = ["auc", "acc"] if "auc" in set(table["metric"]) else ["dice", "iou", "hd95"]
+    test = table[(table["split"] == "test") & table["metric"].isin(headline)]
     # a NaN seed (a diverged run) shows as nan instead of being left out of the mean
     stats = test.groupby(["run", "metric"], sort=False)["value"].agg(lambda v: format_mean_std(v.to_numpy()))
     cells = stats.unstack("metric")

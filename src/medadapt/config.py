@@ -50,8 +50,14 @@ def _heads(*, trainable: bool = False) -> list[str]:
     return [n for n in HEADS if not trainable or HEADS.get(n).trainable]
 
 
-def _segmentation_heads() -> list[str]:
-    """Segmentation head names (a probe on a segmentation dataset trains one of them)."""
+def _segmentation_heads(*, trainable: bool = False) -> list[str]:
+    """Segmentation head names: those a probe on cached tokens trains, or (``trainable``) every one a
+    fine-tuning run can train end to end, with ``native`` (the decoder an ``smp:`` backbone brings)."""
+    if trainable:
+        from .heads.segmentation import SEGMENTATION_HEADS
+        from .strategies.model import NATIVE_HEAD
+
+        return [*SEGMENTATION_HEADS, NATIVE_HEAD]
     from .training.seg_probe import SEG_HEADS
 
     return list(SEG_HEADS)
@@ -190,7 +196,8 @@ class FinetuneConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice(self.head, tuple(_heads(trainable=True)), "--head")
+        choice(self.head, tuple(dict.fromkeys([*_heads(trainable=True), *_segmentation_heads(trainable=True)])),
+               "--head")  # fmt: skip
         from .strategies import STRATEGIES
         from .training.loop import TrainConfig
 

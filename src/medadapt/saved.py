@@ -99,9 +99,10 @@ def read_info(folder: str | Path) -> ModelInfo:
 
 
 def load_classifier(folder: str | Path) -> tuple[nn.Module, Preprocess, ModelInfo]:
-    """Rebuild the saved classifier (eval mode, on the CPU), its preprocessing and its :class:`ModelInfo`."""
+    """Rebuild the saved classifier or segmenter (eval mode, on the CPU), its preprocessing and its
+    :class:`ModelInfo`."""
     from .backbones import create_backbone
-    from .strategies import build_classifier
+    from .strategies import build_model
 
     folder = Path(folder)
     info = read_info(folder)
@@ -114,7 +115,7 @@ def load_classifier(folder: str | Path) -> tuple[nn.Module, Preprocess, ModelInf
         data_chans=info.data_chans,
         channel_mode=info.channel_mode,
     )
-    model = build_classifier(backbone, info.head, info.num_outputs, **info.head_kwargs)
+    model = build_model(backbone, info.head, info.task, info.num_outputs, **info.head_kwargs)
     state = load_file(folder / WEIGHTS_FILE)
     target = model.head if head_only else model
     try:

@@ -51,6 +51,12 @@ class Task:
     kind: ClassVar[str] = "classification"
     #: The validation metric that selects a checkpoint, a learning rate or a k.
     selection_metric: ClassVar[str] = "auc"
+    #: The batch key a training step reads its targets from (``label``, or ``mask`` per pixel).
+    target_key: ClassVar[str] = "label"
+
+    def fit_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits brought to the targets' layout before the loss (classification: unchanged)."""
+        return logits
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Probabilities ``[B, C]`` from logits."""
@@ -227,9 +233,31 @@ class SegmentationTask(Task):
     name = "segmentation"
     kind = "segmentation"
     selection_metric = "dice"
+    target_key = "mask"
 
     def __init__(self, loss: str = "ce+dice") -> None:
+        if loss not in SEGMENTATION_LOSSES:
+            raise ConfigError(f"unknown segmentation loss {loss!r}; valid: {', '.join(SEGMENTATION_LOSSES)}")
         self.loss_kind = loss
+
+    def with_loss(self, loss: str | None) -> SegmentationTask:
+        """This task with another loss kind (``None``: this one)."""
+        return self if loss is None or loss == self.loss_kind else SegmentationTask(loss)
+
+    def fit_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C, h, w]`` at the input's size resized (bilinear) to masks ``[B, H, W]`` stored at
+        another size, so the loss and the metrics are taken at the masks' own resolution."""
+        size = tuple(targets.shape[-2:])
+        if logits.ndim != 4 or tuple(logits.shape[-2:]) == size:
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def mask_class_weights(self, masks, num_outputs: int) -> torch.Tensor:
+        """:meth:`class_weights` from an iterable of masks (one at a time: never all in memory)."""
+        counts = np.zeros(num_outputs, dtype=np.int64)
+        for m in masks:
+            counts += np.bincount(np.asarray(m, dtype=np.int64).ravel(), minlength=num_outputs)[:num_outputs]
+        return torch.tensor(counts.sum() / (num_outputs * np.maximum(counts, 1)), dtype=torch.float32)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=1)

@@ -419,8 +419,12 @@ def _link_teachers(cells: list[CellSpec], variants: list[Variant]) -> None:
 
 
 def _reads_tokens(head: str) -> bool:
-    from ..heads import HEADS
+    """Whether a probe head reads patch tokens (segmentation heads all do; on a classification dataset a
+    segmentation head's cell fails with its own error)."""
+    from ..heads import HEADS, SEGMENTATION_HEADS
 
+    if head in SEGMENTATION_HEADS and head not in HEADS:
+        return True
     return HEADS.get(head).input_key == "tokens"
 
 

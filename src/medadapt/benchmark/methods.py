@@ -42,14 +42,16 @@ GRID_METHODS: Registry[GridMethod] = Registry("grid method")
 
 
 class Probe(GridMethod):
-    """``probe: HEAD``: a frozen backbone and a probe head (linear, attention, knn) on cached features."""
+    """``probe: HEAD``: a frozen backbone and a probe head (linear, attention, knn; on a segmentation dataset
+    linear, multiscale, decoder) on cached features."""
 
     keys = ("lrs", "ks", "epochs", "batch_size", "weight_decay", "head_kwargs", "extract_batch_size")
 
     def variants(self, name, value, entry):
-        from ..heads import HEADS
+        from ..heads import HEADS, SEGMENTATION_HEADS
 
-        HEADS.get(str(value))  # "did you mean" for a typo
+        if str(value) not in SEGMENTATION_HEADS:
+            HEADS.get(str(value))  # "did you mean" for a typo
         return [Variant(name or str(value), "probe", "ProbeConfig", {"head": str(value), **entry})]
 
 

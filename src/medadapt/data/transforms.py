@@ -252,6 +252,12 @@ def collate(
         "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
     }
     extra = [k for k in samples[0] if k not in batch]
+    if "mask" in extra and len({tuple(s["mask"].shape) for s in samples}) > 1:
+        sizes = sorted({tuple(s["mask"].shape) for s in samples})[:3]
+        raise DataError(
+            f"a batch mixes mask sizes (e.g. {sizes}); masks are not resized to the model's input: give the "
+            "dataset one size (--size 224, or ?size=224 in its address), which resizes images and masks together"
+        )
     for key in extra:
         batch[key] = default_collate([s[key] for s in samples])
     return batch

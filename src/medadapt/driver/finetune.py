@@ -12,7 +12,8 @@ from ..errors import ConfigError
 from ..evaluation.metrics import compute_metrics
 from ..reporting.results import results_rows
 from ..saved import MODEL_FILE, save_classifier
-from ..strategies import build_classifier
+from ..strategies import build_model
+from ..tasks import get_task
 from .base import (
     METHODS,
     CellContext,
@@ -22,11 +23,12 @@ from .base import (
     save_split_predictions,
     write_history,
 )
+from .seg_outputs import seg_scores, split_masks, write_test_overlays
 
 __all__ = ["run_finetune"]
 
 
-@METHODS.register("finetune")
+@METHODS.register("finetune", kinds=("classification", "segmentation"))
 def run_finetune(
     cfg: FinetuneConfig, ctx: CellContext, *, name: str, seed: int, objective=None
 ) -> list[dict[str, Any]]:
@@ -48,7 +50,7 @@ def run_finetune(
         fitted = _fit_one(cfg, ctx, lr=lr, seed=seed, run_dir=where, objective=objective,
                           desc=f"{name} (seed {seed}, lr {lr:g})" if ctx.show_progress else None)  # fmt: skip
         histories += _history(fitted[0], lr if len(wheres) > 1 else None)
-        record = {"val_auc": fitted[0].best_val_auc, "val_loss": fitted[0].best_val_loss}
+        record = fitted[0].best_record
         # only the best so far is kept (ties: the first), so the next LR's peak memory is its own
         if best is None or best_run([best_record, record], fitted[3].select_on) == 1:
             best, best_record = fitted, record
@@ -58,12 +60,21 @@ def run_finetune(
                seed=seed, fold=ctx.fold, pretrained=backbone.spec.pretrained or "random-init",
                img_size=ctx.img_size, selected=f"lr={tcfg.lr:g};epoch={result.best_epoch}")  # fmt: skip
     rows: list[dict[str, Any]] = []
+    segmentation = get_task(train.task).kind == "segmentation"
     for split in ("val", "test"):
         ds = splits[split]
         scores = predict(result.model, ds, preprocess=preprocess, batch_size=cfg.batch_size_eval, device=ctx.device,
                          autocast=tcfg.autocast, num_workers=cfg.num_workers)  # fmt: skip
-        save_split_predictions(run_dir, split, ds, ds.labels, scores)
-        rows += results_rows(metrics=compute_metrics(train.task, ds.labels, scores), split=split, **ids)
+        if segmentation:  # scores are class maps; the labels kept are the true masks
+            truth = split_masks(ds)
+            save_split_predictions(run_dir, split, ds, truth, scores)
+            metrics = seg_scores(truth, scores, train.num_outputs)
+            if split == "test":
+                write_test_overlays(ctx, truth, scores, train.num_outputs)
+        else:
+            save_split_predictions(run_dir, split, ds, ds.labels, scores)
+            metrics = compute_metrics(train.task, ds.labels, scores)
+        rows += results_rows(metrics=metrics, split=split, **ids)
     write_history(run_dir, histories)
     info = model_info(cfg, result.model, train, preprocess, img_size=ctx.img_size, seed=seed,
                       strategy=cfg.strategy, stored="model")  # fmt: skip
@@ -112,7 +123,7 @@ def _fit_one(cfg: FinetuneConfig, ctx: CellContext, *, lr: float, seed: int, run
             data_chans=train.n_channels,
             channel_mode=cfg.channel_mode,
         )
-        model = build_classifier(backbone, cfg.head, train.num_outputs, **cfg.head_kwargs)
+        model = build_model(backbone, cfg.head, train.task, train.num_outputs, **cfg.head_kwargs)
     preprocess = preprocess_for(cfg, backbone, ctx.img_size)
     settings = {
         **cfg.train,

@@ -24,7 +24,7 @@ Example:
 from . import finetune, peft, unfreeze  # noqa: F401 - registration
 from .base import STRATEGIES, Strategy, create_strategy
 from .finetune import Differential, Frozen, Full, LayerDecay, Scratch
-from .model import Classifier, build_classifier
+from .model import NATIVE_HEAD, Classifier, Segmenter, build_classifier, build_model, build_segmenter
 from .peft import IA3, LoRA, NormTune, merge_adapters, resolve_targets
 from .unfreeze import GradualUnfreeze
 
@@ -42,6 +42,10 @@ __all__ = [
     "Scratch",
     "Strategy",
     "build_classifier",
+    "build_model",
+    "build_segmenter",
+    "NATIVE_HEAD",
+    "Segmenter",
     "create_strategy",
     "merge_adapters",
     "resolve_targets",

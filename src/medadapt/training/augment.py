@@ -53,18 +53,38 @@ class Augment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 (or [0, 1] float) ``[B, C, H, W]`` -> augmented float ``[B, C, H, W]`` in [0, 1]."""
+        return self.pair(images, None, generator)[0]
+
+    def pair(
+        self, images: torch.Tensor, masks: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images as :meth:`__call__`, and integer masks ``[B, H, W]`` moved by the same crop and flip
+        (nearest-neighbour, so no new labels appear; colour changes leave them alone). The same generator
+        state gives the same images with or without masks."""
         if self.is_identity:
-            return images
+            return images, masks
         if images.ndim != 4:
             raise DataError(f"augmentation expects a batch [B, C, H, W], got shape {tuple(images.shape)}")
+        if masks is not None and (masks.ndim != 3 or masks.shape != (images.shape[0], *images.shape[2:])):
+            raise DataError(
+                f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: a segmentation batch "
+                "needs masks [B, H, W] at the images' stored size (give the dataset one size: --size)"
+            )
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-        x = self._geometry(x, generator)
-        return self._colour(x, generator).clamp_(0.0, 1.0)
+        grid = self._grid(x, generator)
+        if grid is not None:
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            if masks is not None:
+                moved = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="border",
+                                      align_corners=False)  # fmt: skip
+                masks = moved[:, 0].round().to(masks.dtype)
+        return self._colour(x, generator).clamp_(0.0, 1.0), masks
 
-    def _geometry(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _grid(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        """The sampling grid of this batch's random crop and flip (``None``: no geometric change)."""
         b, _, h, w = x.shape
         if self.crop_scale is None and not self.hflip:
-            return x
+            return None
         if self.crop_scale is not None:
             sx, sy, cx, cy = _crop_boxes(b, h, w, self.crop_scale, self.crop_ratio, gen)
         else:
@@ -73,8 +93,7 @@ class Augment:
             sx = torch.where(torch.rand(b, generator=gen) < 0.5, -sx, sx)
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
-        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
 
     def _colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, c = x.shape[:2]

@@ -9,14 +9,17 @@ from typing import Any
 
 from .._validate import choice, integer, number
 from ..errors import ConfigError
+from ..tasks import SEGMENTATION_LOSSES
 from .augment import AUGMENT_PRESETS
 from .schedule import SCHEDULES
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "MONITORS", "SELECT_ON"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "MONITORS", "SELECT_ON", "LOSSES"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-MONITORS = ("val_auc", "val_loss")
-SELECT_ON = ("val_auc", "val_auc_first", "val_loss", "last")
+MONITORS = ("val_auc", "val_dice", "val_loss")
+SELECT_ON = ("val_auc", "val_auc_first", "val_dice", "val_loss", "last")
+#: ``--loss`` of a segmentation task (classification tasks train on their own loss).
+LOSSES = SEGMENTATION_LOSSES
 
 
 @dataclass
@@ -27,7 +30,10 @@ class TrainConfig:
     MedMNIST v2 protocol; other schedules ignore them); ``warmup_epochs`` of linear warm-up apply to every
     schedule. ``early_stop`` stops after ``patience`` evaluations without improvement of that quantity;
     ``select_on`` picks the weights returned (``val_auc``: ties broken by lower loss; ``val_auc_first``: the
-    first epoch with the highest AUC, the official MedMNIST rule; ``last``: the final epoch).
+    first epoch with the highest AUC, the official MedMNIST rule; ``last``: the final epoch). On a
+    segmentation task the validation metric is Dice: ``val_auc`` there means ``val_dice``.
+    ``loss`` is a segmentation task's loss (``ce``, ``dice`` or their sum ``ce+dice``, the default when
+    ``None``).
     ``class_weights`` weighs the loss by inverse class frequency in train (``pos_weight = neg / pos``
     per label for multi-label). ``sgd`` uses momentum 0.9. ``eval_every`` evaluates every n epochs (and
     the last). ``checkpoint_every`` writes the checkpoint every n epochs (and after the last): per-epoch
@@ -52,6 +58,7 @@ class TrainConfig:
     early_stop: str | None = None
     patience: int = 10
     select_on: str = "val_auc"
+    loss: str | None = None
     augment: str = "none"
     seed: int = 0
     device: str = "auto"
@@ -65,6 +72,7 @@ class TrainConfig:
         choice(self.early_stop, (*MONITORS, None), "--early-stop")
         choice(self.select_on, SELECT_ON, "--select-on")
         choice(self.augment, tuple(AUGMENT_PRESETS), "--augment")
+        choice(self.loss, (*LOSSES, None), "--loss")
         for name in ("epochs", "batch_size", "patience", "eval_every", "checkpoint_every"):
             integer(getattr(self, name), f"--{name.replace('_', '-')}", low=1)
         integer(self.warmup_epochs, "--warmup-epochs", low=0)

@@ -42,7 +42,7 @@ from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, collate, make_loader
 from ..errors import ConfigError, DataError
 from ..strategies.base import Strategy
-from ..tasks import get_task
+from ..tasks import SegmentationTask, Task, get_task
 from .augment import Augment, make_augment
 from .checkpoint import checkpoint_path, cpu_state, load_checkpoint, run_fingerprint, save_checkpoint
 from .config import TrainConfig
@@ -95,29 +95,44 @@ class FitResult:
     model: nn.Module
     state: dict[str, torch.Tensor]
     best_epoch: int
-    best_val_auc: float
+    best_val_score: float  # the selected epoch's ``metric``
     best_val_loss: float
     history: list[dict[str, Any]]
     cost: dict[str, float]
+    metric: str = "val_auc"  # the task's validation metric: val_auc, or val_dice for segmentation
     stopped_early: bool = False
     resumed_from: int = 0  # the epoch of the checkpoint resumed from (0: a fresh run)
     #: seconds of each epoch of ``history`` (training and its evaluation); an epoch replayed after a resume
     #: counts its last run
     epoch_seconds: list[float] = field(default_factory=list)
 
+    @property
+    def best_val_auc(self) -> float:
+        """The selected epoch's validation AUC (NaN for a task selected on another metric)."""
+        return self.best_val_score if self.metric == "val_auc" else float("nan")
+
+    @property
+    def best_record(self) -> dict[str, float]:
+        """``{metric: score, "val_loss": loss}`` of the selected epoch (what :func:`best_run` compares)."""
+        return {self.metric: self.best_val_score, "val_loss": self.best_val_loss}
+
 
 @dataclass
 class _Best:
-    """The selected epoch so far and a CPU copy of its weights."""
+    """The selected epoch so far and a CPU copy of its weights; ``score`` is its ``metric``."""
 
     epoch: int = 0
-    val_auc: float = float("nan")
+    score: float = float("nan")
     val_loss: float = float("nan")
     state: dict[str, torch.Tensor] | None = None
+    metric: str = "val_auc"
+
+    def record(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, self.metric: self.score, "val_loss": self.val_loss}
 
     def update(self, record: dict[str, Any], model: nn.Module, select_on: str) -> None:
-        if self.state is None or selection_key(record, select_on) > selection_key(vars(self), select_on):
-            self.epoch, self.val_auc, self.val_loss = record["epoch"], record["val_auc"], record["val_loss"]
+        if self.state is None or selection_key(record, select_on) > selection_key(self.record(), select_on):
+            self.epoch, self.score, self.val_loss = record["epoch"], record[self.metric], record["val_loss"]
             self.state = cpu_state(model)
 
 
@@ -156,9 +171,13 @@ def fit(
     :class:`~medadapt.distill.DistillObjective`); its loss parts are logged per epoch as ``train_{part}``.
     """
     device = resolve_device(cfg.device)
-    task = _check_data(train_ds, val_ds)
+    task = task_of(_check_data(train_ds, val_ds), cfg.loss)
+    metric = f"val_{task.selection_metric}"
+    select_on, early_stop = _for_task(cfg.select_on, metric), _for_task(cfg.early_stop, metric)
     ckpt = checkpoint_path(out_dir, resume=resume)
     settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    if cfg.loss is None:  # absent, so checkpoints of versions before the option still resume
+        del settings["loss"]
     if runs_bf16(device, cfg.autocast):  # the device is not hashed, but the precision it runs is: a run
         settings["precision"] = "bf16"  # begun in bf16 does not resume in float32, nor the reverse (the key
         # is absent under float32, so float32 checkpoints of earlier versions still resume)
@@ -175,17 +194,19 @@ def fit(
     _place(model, device)  # and the adapters configure added
     train_loader, order, val_loader = _loaders(train_ds, val_ds, cfg, preprocess, objective)
     scheduler = _scheduler(optimizer, cfg, steps_per_epoch=len(train_loader))
-    weights = class_weights(task, train_ds.labels, train_ds.num_outputs) if cfg.class_weights else None
-    step = _Step(make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device, objective)
+    weights = _train_class_weights(task, train_ds) if cfg.class_weights else None
+    step = _Step(
+        task, make_criterion(task, weights), preprocess, make_augment(cfg.augment), cfg, device, objective
+    )
     if objective is not None:
         objective.prepare(device)
-    run = _Run()
+    run = _Run(best=_Best(metric=metric))
     if saved is not None:
-        run = _restore(saved, model, optimizer, scheduler, strategy, cfg=cfg, device=device)
+        run = _restore(saved, model, optimizer, scheduler, strategy, cfg=cfg, device=device, metric=metric)
     _reset_peak_memory(device)
     start, wall0 = time.perf_counter(), run.clock["wall"]
     for epoch in range(len(run.history) + 1, cfg.epochs + 1):
-        if should_stop(run.history, cfg.early_stop, cfg.patience):
+        if should_stop(run.history, early_stop, cfg.patience):
             break
         order.manual_seed(_seed(cfg.seed, epoch, _SHUFFLE))
         augment_rng = torch.Generator().manual_seed(_seed(cfg.seed, epoch, _AUGMENT))
@@ -199,12 +220,12 @@ def fit(
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             kw = {"task": task, "preprocess": preprocess, "device": device, "autocast": cfg.autocast}
             record.update(evaluate(model, val_loader, **kw))
-            run.best.update(record, model, cfg.select_on)
+            run.best.update(record, model, select_on)
         run.history.append(record)
         run.seconds.append(time.perf_counter() - t0)
         run.clock["wall"] = wall0 + time.perf_counter() - start
         log.info("epoch %d/%d: %s", epoch, cfg.epochs, record)
-        last = epoch == cfg.epochs or should_stop(run.history, cfg.early_stop, cfg.patience)
+        last = epoch == cfg.epochs or should_stop(run.history, early_stop, cfg.patience)
         if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or last):
             run.clock["peak_memory"] = _run_peak(run, device)
             save_checkpoint(ckpt, _checkpoint(run, run_hash, model, optimizer, scheduler, strategy))
@@ -217,8 +238,9 @@ def fit(
         model=model.eval(),
         state=run.best.state,
         best_epoch=run.best.epoch,
-        best_val_auc=run.best.val_auc,
+        best_val_score=run.best.score,
         best_val_loss=run.best.val_loss,
+        metric=metric,
         history=run.history,
         cost=_cost(model, run, device),
         stopped_early=len(run.history) < cfg.epochs,
@@ -273,6 +295,7 @@ class Objective:
 class _Step:
     """One optimisation step and one training epoch, with everything that stays fixed during a run."""
 
+    task: Task
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     preprocess: Preprocess
     augment: Augment
@@ -287,8 +310,12 @@ class _Step:
         totals: dict[str, torch.Tensor] = {}
         n = 0
         for batch in loader:
-            images = self.augment(batch["image"].to(self.device, non_blocking=True), rng)
-            labels = batch["label"].to(self.device, non_blocking=True)
+            images = batch["image"].to(self.device, non_blocking=True)
+            labels = batch[self.task.target_key].to(self.device, non_blocking=True)
+            if self.task.target_key == "mask":  # masks follow the images' crop and flip
+                images, labels = self.augment.pair(images, labels, rng)
+            else:
+                images = self.augment(images, rng)
             loss, parts = self(model, images, labels, optimizer, batch)
             scheduler.step()
             for name, value in {"loss": loss, **parts}.items():
@@ -302,10 +329,11 @@ class _Step:
         """One step on raw (augmented) ``images``; returns the detached loss and its parts."""
         with autocast_context(self.device, self.cfg.autocast):
             logits = model(self.preprocess(images))
-        loss = self.criterion(logits.float(), labels)
+        logits = self.task.fit_logits(logits.float(), labels)
+        loss = self.criterion(logits, labels)
         parts: dict[str, torch.Tensor] = {}
         if self.objective is not None:
-            loss, parts = self.objective(logits.float(), loss, batch=batch or {}, images=images)
+            loss, parts = self.objective(logits, loss, batch=batch or {}, images=images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
@@ -318,28 +346,51 @@ class _Step:
 # ------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def _outputs(
-    model: nn.Module, loader, preprocess: Preprocess, device: torch.device, autocast: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits ``[N, C]`` and labels of the whole ``loader`` (in order), on the CPU."""
+    model: nn.Module, loader, preprocess: Preprocess, device: torch.device, autocast: bool, task: Task
+):
+    """Per batch, in order: float32 logits fitted to the targets (:meth:`Task.fit_logits`) and the targets,
+    on the CPU."""
     model.eval()
-    logits, labels = [], []
     for batch in loader:
         x = preprocess(batch["image"].to(device, non_blocking=True))
+        targets = batch[task.target_key]
         with autocast_context(device, autocast):
-            logits.append(model(x).float().cpu())
-        labels.append(batch["label"])
-    return torch.cat(logits), torch.cat(labels)
+            logits = model(x).float()
+        yield task.fit_logits(logits, targets).cpu(), targets
 
 
 def evaluate(
-    model: nn.Module, loader, *, task: str, preprocess: Preprocess, device: torch.device, autocast: bool
+    model: nn.Module,
+    loader,
+    *,
+    task: str | Task,
+    preprocess: Preprocess,
+    device: torch.device,
+    autocast: bool,
 ) -> dict[str, float]:
-    """``{"val_auc", "val_loss"}`` of ``model`` on ``loader`` (unweighted loss, MedMNIST AUC)."""
-    from ..evaluation.metrics import auc  # pure function; imported lazily (evaluation is a later stage)
+    """The task's validation metric and loss (unweighted) of ``model`` on ``loader``: ``{"val_auc",
+    "val_loss"}`` (MedMNIST AUC), or for segmentation ``{"val_dice", "val_loss"}`` (the mean over images of
+    the foreground Dice, :func:`~medadapt.evaluation.segmentation.dice_per_image`; the loss is the mean of
+    the batches' losses weighted by their sizes). Segmentation logits are reduced batch by batch, never
+    held for the whole set."""
+    # pure functions; imported lazily (evaluation is a later stage)
+    from ..evaluation.metrics import auc
+    from ..evaluation.segmentation import dice_per_image
 
-    logits, labels = _outputs(model, loader, preprocess, device, autocast)
-    loss = float(loss_fn(task)(logits, labels))
-    return {"val_auc": float(auc(task, labels.numpy(), to_scores(task, logits).numpy())), "val_loss": loss}
+    spec = get_task(task)
+    if spec.kind == "segmentation":
+        dice, loss, n = [], 0.0, 0
+        for logits, masks in _outputs(model, loader, preprocess, device, autocast, spec):
+            loss += float(spec.loss(logits, masks)) * len(masks)
+            n += len(masks)
+            dice.append(dice_per_image(masks.numpy(), logits.argmax(1).numpy(), logits.shape[1]))
+        return {"val_dice": float(np.mean(np.concatenate(dice))), "val_loss": loss / max(n, 1)}
+    logits, labels = (torch.cat(t) for t in zip(*_outputs(model, loader, preprocess, device, autocast, spec)))
+    loss = float(loss_fn(spec.name)(logits, labels))
+    return {
+        "val_auc": float(auc(spec.name, labels.numpy(), to_scores(spec.name, logits).numpy())),
+        "val_loss": loss,
+    }
 
 
 def predict(
@@ -352,7 +403,8 @@ def predict(
     autocast: bool = True,
     num_workers: int = 0,
 ) -> np.ndarray:
-    """Scores ``[N, C]`` (probabilities, row-aligned with ``ds``) of ``model`` on ``ds``.
+    """Scores ``[N, C]`` (probabilities, row-aligned with ``ds``) of ``model`` on ``ds``; for a segmentation
+    dataset, class maps ``[N, H, W]`` (uint8, the argmax at the masks' size).
 
     Like ``nn.Module.to``, this moves ``model`` itself to ``device`` (a CNN on the CPU goes channels-last) and
     leaves it in eval mode; copying it first would double the memory of a large model.
@@ -362,30 +414,36 @@ def predict(
     """
     device = resolve_device(str(device))
     loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers, fit=preprocess.fit_one)
-    logits, _ = _outputs(_place(model, device), loader, preprocess, device, autocast)
-    return to_scores(ds.task, logits).numpy()
+    task = get_task(ds.task)
+    outputs = _outputs(_place(model, device), loader, preprocess, device, autocast, task)
+    if task.kind == "segmentation":
+        return torch.cat([logits.argmax(1).to(torch.uint8) for logits, _ in outputs]).numpy()
+    return to_scores(ds.task, torch.cat([logits for logits, _ in outputs])).numpy()
 
 
 def selection_key(record: dict[str, Any], select_on: str) -> tuple[float, ...]:
-    """Higher is better: AUC then lower loss (``val_auc``), AUC alone (``val_auc_first``: with the strict ``>``
-    of the caller, the first epoch of the highest AUC wins, as in the official MedMNIST code), lower loss
-    (``val_loss``) or later (``last``)."""
-    auc, loss = record["val_auc"], record["val_loss"]
+    """Higher is better: the metric then lower loss (``val_auc``, ``val_dice``), the metric alone
+    (``val_auc_first``: with the strict ``>`` of the caller, the first epoch of the highest AUC wins, as in
+    the official MedMNIST code), lower loss (``val_loss``) or later (``last``)."""
+    loss = record["val_loss"]
     neg_loss = -loss if math.isfinite(loss) else -math.inf
-    if select_on == "val_auc":
-        return (auc if math.isfinite(auc) else -math.inf, neg_loss)
-    if select_on == "val_auc_first":
-        return (auc if math.isfinite(auc) else -math.inf,)
-    return (neg_loss,) if select_on == "val_loss" else (record["epoch"],)
+    if select_on in ("val_loss", "last"):
+        return (neg_loss,) if select_on == "val_loss" else (record["epoch"],)
+    score = record[select_on.removesuffix("_first")]
+    score = score if math.isfinite(score) else -math.inf
+    return (score,) if select_on.endswith("_first") else (score, neg_loss)
 
 
 def best_run(records: Sequence[dict[str, Any]], select_on: str) -> int:
-    """Index of the best of several runs (an LR search) from their selected epochs' ``val_auc`` / ``val_loss``.
+    """Index of the best of several runs (an LR search) from their selected epochs' metric and ``val_loss``
+    (:attr:`FitResult.best_record`).
 
-    The runs' own rule decides: lower val loss when epochs are chosen on it, else higher val AUC then lower
-    loss (``last`` has no rule across runs, so AUC too); a tie goes to the first run.
+    The runs' own rule decides: lower val loss when epochs are chosen on it, else the higher metric (AUC,
+    or Dice for segmentation) then lower loss (``last`` has no rule across runs, so the metric too); a tie
+    goes to the first run.
     """
-    rule = "val_loss" if select_on == "val_loss" else "val_auc"
+    metric = next((k for k in records[0] if k.startswith("val_") and k != "val_loss"), "val_auc")
+    rule = "val_loss" if select_on == "val_loss" else metric
     keys = [selection_key(r, rule) for r in records]
     return keys.index(max(keys))
 
@@ -394,7 +452,7 @@ def should_stop(history: list[dict[str, Any]], monitor: str | None, patience: in
     """True once ``patience`` evaluations in a row have not improved ``monitor`` on the best before them."""
     if monitor is None:
         return False
-    sign = 1.0 if monitor == "val_auc" else -1.0
+    sign = -1.0 if monitor == "val_loss" else 1.0
     values = [sign * r[monitor] for r in history if monitor in r]
     values = [v if math.isfinite(v) else -math.inf for v in values]
     if not values:
@@ -424,11 +482,45 @@ def class_weights(task: str, labels: np.ndarray, num_outputs: int) -> torch.Tens
 
 
 def make_criterion(
-    task: str, weights: torch.Tensor | None = None
+    task: str | Task, weights: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The task's loss, optionally class-weighted (multi-label: ``pos_weight``)."""
     spec = get_task(task)
     return spec.loss if weights is None else spec.weighted_loss(weights)
+
+
+def task_of(task: str | Task, loss: str | None = None) -> Task:
+    """The task, with the segmentation loss ``loss`` (``ce``, ``dice``, ``ce+dice``) where one is given;
+    a loss for a classification task is a :class:`ConfigError`."""
+    spec = get_task(task)
+    if loss is None:
+        return spec
+    if not isinstance(spec, SegmentationTask):
+        raise ConfigError(
+            f"--loss {loss!r} applies to segmentation; a {spec.name} task trains on its own loss (leave --loss out)"
+        )
+    return spec.with_loss(loss)
+
+
+def _for_task(select_on: str | None, metric: str) -> str | None:
+    """A ``--select-on`` / ``--early-stop`` quantity for a task whose validation metric is ``metric``: the
+    default ``val_auc`` means the task's metric (``val_dice`` on segmentation); a metric the task does not
+    have is a :class:`ConfigError`."""
+    if select_on is None or select_on in ("val_loss", "last"):
+        return select_on
+    name, first = select_on.removesuffix("_first"), select_on.endswith("_first")
+    if name == "val_auc" and metric != "val_auc":
+        return metric + ("_first" if first else "")
+    if name != metric:
+        raise ConfigError(f"{select_on} is not measured on this task, whose validation metric is {metric}")
+    return select_on
+
+
+def _train_class_weights(task: Task, train_ds: MedicalDataset) -> torch.Tensor:
+    """Inverse-frequency class weights of the training set: of its labels, or of its masks' pixels."""
+    if task.kind == "segmentation":
+        return task.mask_class_weights((train_ds.mask(i) for i in range(len(train_ds))), train_ds.num_outputs)
+    return class_weights(task.name, train_ds.labels, train_ds.num_outputs)
 
 
 def _loaders(train_ds: MedicalDataset, val_ds: MedicalDataset, cfg: TrainConfig, preprocess: Preprocess,
@@ -524,7 +616,7 @@ def _seed(seed: int, epoch: int, stream: int) -> int:
 def _checkpoint(run: _Run, run_hash: str, model, optimizer, scheduler, strategy) -> dict[str, Any]:
     """Everything needed to continue after the last epoch of ``run.history``: weights_only-loadable values."""
     epoch = run.history[-1]["epoch"]
-    best = {"epoch": run.best.epoch, "val_auc": run.best.val_auc, "val_loss": run.best.val_loss}
+    best = run.best.record()
     return {
         "config_hash": run_hash,
         "epoch": epoch,
@@ -540,7 +632,9 @@ def _checkpoint(run: _Run, run_hash: str, model, optimizer, scheduler, strategy)
     }
 
 
-def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cfg, device) -> _Run:
+def _restore(
+    state: dict[str, Any], model, optimizer, scheduler, strategy, *, cfg, device, metric: str
+) -> _Run:
     """Load a checkpoint into the run's objects; hooks of finished epochs are replayed first.
 
     Replaying ``on_epoch_start`` (with the history each call saw) rebuilds what the hooks changed that a
@@ -564,7 +658,7 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cf
         ) from e
     scheduler.load_state_dict(state["scheduler"])
     strategy.load_state_dict(state["strategy"])
-    best = state["best"]
+    best = dict(state["best"])
     best_state = best.pop("state")
     if best_state is None and best["epoch"] == state["epoch"]:  # the best is this epoch's, stored as "model"
         best_state = {k: v.clone() for k, v in state["model"].items()}
@@ -572,9 +666,8 @@ def _restore(state: dict[str, Any], model, optimizer, scheduler, strategy, *, cf
     log.info("resumed at epoch %d", state["epoch"])
     seconds = list(state.get("seconds", []))[: len(history)]  # absent in checkpoints of earlier versions
     seconds += [math.nan] * (len(history) - len(seconds))
-    return _Run(
-        history, _Best(**best, state=best_state), state["clock"], resumed_from=state["epoch"], seconds=seconds
-    )
+    chosen = _Best(best["epoch"], best[metric], best["val_loss"], best_state, metric)
+    return _Run(history, chosen, state["clock"], resumed_from=state["epoch"], seconds=seconds)
 
 
 # ------------------------------------------------------------------------------------------------- cost
