@@ -330,13 +330,16 @@ def test_mask_suffix_pairs_suffixed_mask_names(tmp_path: Path) -> None:
     assert list(ds.metadata["mask_path"]) == ["masks/s00_mask.png", "masks/s01_mask.png"]
 
 
-def test_commands_refuse_a_segmentation_dataset_until_they_run_it(tmp_path: Path, capsys) -> None:
-    from medadapt.cli import main
+def test_a_method_without_segmentation_refuses_it_naming_those_that_run_it(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from medadapt.data import load_dataset
+    from medadapt.driver.base import run_cell
 
     stems = _flat(tmp_path / "seg", 6)
     _lists(tmp_path / "seg", train=stems[:4], test=stems[4:])
-    args = ["finetune", "--dataset", f"segfolder:{tmp_path / 'seg'}", "--backbone", "timm:resnet18",
-            "--no-pretrained", "--out", str(tmp_path / "out"), "--img-size", "32"]  # fmt: skip
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "is a segmentation dataset, and the 'finetune' method runs classification tasks only" in err
+    address = f"segfolder:{tmp_path / 'seg'}"
+    ctx = SimpleNamespace(splits={"train": load_dataset(address, "train")})
+    with pytest.raises(ConfigError, match=r"is a segmentation dataset, and the 'distill' method runs "
+                       r"classification tasks only; a segmentation dataset runs with: .*finetune"):  # fmt: skip
+        run_cell(SimpleNamespace(dataset=address), ctx, method="distill", name="d", seed=0)

@@ -24,6 +24,18 @@ file). Options (all optional):
 - ``verify``: also check each image file's integrity (PIL ``verify()``: reads whole PNG files, finds
   truncated ones); by default only headers are read, which is cheap.
 
+**Masks.** A ``mask_path`` column (``mask_col`` names another) makes the CSV a segmentation dataset (task
+``segmentation``, a :class:`~medadapt.data.masks.SegmentationDataset`) with ``segfolder:``'s mask rules
+(:mod:`medadapt.data.masks`): ``labels`` are "has foreground" flags (the automatic split is stratified by
+them), and ``metadata`` adds ``foreground``, ``object_size`` (largest region's box area / image area; a CSV
+column of that name wins) and ``object_size_band``. A ``label`` column stays metadata; a task option
+(binary, ...) reads the CSV as classification instead, with ``mask_path`` as metadata, and ``label_col``,
+``label_cols`` or ``label_sep`` alongside a mask column is an error. Options: ``mask_root`` (where relative
+mask paths start; default: as image paths), ``classes`` (default: ``classes_file``, a file relative to the
+CSV, else ``classes.txt`` beside the CSV, else ``background,foreground``), ``palette``, ``threshold``,
+``empty``, ``size`` (the ``size`` loader argument wins) and ``interpolation``. Missing or empty mask paths,
+image/mask size mismatches, unreadable masks and values outside the classes are bad rows.
+
 ``folder:/data/root`` reads ``root/CLASS/**/image`` or, when ``root/train``, ``root/val`` or ``root/test``
 exist, ``root/SPLIT/CLASS/**/image``; options ``task``, ``classes``, ``seed``, ``fractions``, ``channels``,
 ``skip_bad``, ``verify``. Without split folders every image is its own group in the split.
@@ -32,7 +44,7 @@ Images: PNG, JPEG, TIFF, BMP (PIL) and DICOM (:mod:`medadapt.data.dicom`). RGBA/
 becomes L (alpha is dropped). 16-bit, 32-bit and float images are scaled to uint8 by **their own min/max**
 (as DICOM files without a window are), since 12-bit data stored in 16-bit files would be nearly black if
 scaled by bit depth. ``image(i)`` returns a uint8 ``Tensor[C, H, W]`` at the file's own size; resizing is
-done later on batches. The ``root`` and ``size`` loader arguments are not used by these kinds.
+done later on batches. The ``root`` loader argument is not used, nor ``size`` but by segmentation CSVs.
 
 Bad rows (missing file, empty or unknown label, invalid split, unreadable image header) raise a DataError
 listing the first few with their row numbers; with ``skip_bad=True`` they are dropped, logged, and listed in
@@ -43,7 +55,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +67,7 @@ from ..errors import BadRowsError, ConfigError, DataError
 from ..tasks import CLASSIFICATION_TASKS as TASKS
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
 from .images import probe_image, read_image
+from .masks import MASK_OPTIONS, MaskOptions, SegmentationDataset, mask_classes, mask_columns, scan_masks
 from .splits import DEFAULT_FRACTIONS, grouped_split
 
 __all__ = ["ImageFileDataset", "load_csv", "load_folder"]
@@ -63,7 +75,7 @@ __all__ = ["ImageFileDataset", "load_csv", "load_folder"]
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
-_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _SHOWN_ERRORS = 5
 _PROBE_LIMIT = 256
 
@@ -105,11 +117,26 @@ _COMMON_OPTIONS = ("task", "classes", "seed", "fractions", "channels", "skip_bad
 _CSV_OPTIONS = (
     *_COMMON_OPTIONS,
     *("image_root", "path_col", "label_col", "label_cols", "label_sep", "patient_col", "split_col"),
+    *("mask_col", "mask_root", "classes_file", *MASK_OPTIONS),
 )
+_TEXT_OPTIONS = ("image_root", "path_col", "label_col", "label_sep", "patient_col", "split_col")
+
+
+def check_options(options: dict[str, Any], valid: tuple[str, ...], kind: str) -> None:
+    """Refuse an option ``kind:`` datasets do not have, suggesting the nearest valid one."""
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown option {key!r} for {kind}: datasets{hint} (valid: {', '.join(valid)})"
+            )
 
 
 @dataclass(frozen=True)
-class _Options:
+class FileOptions:
+    """The options of ``csv:`` and ``folder:`` addresses (see the module docstring), checked."""
+
     task: str | None = None
     classes: list[str] | None = None
     seed: int = 0
@@ -124,30 +151,30 @@ class _Options:
     label_sep: str = "|"
     patient_col: str | None = None
     split_col: str = "split"
+    mask_col: str | None = None  # None: "mask_path" when the CSV has it
+    mask_root: str | None = None
+    classes_file: str | None = None
+    masks: MaskOptions = MaskOptions()
 
     @classmethod
-    def parse(cls, options: dict[str, Any], valid: tuple[str, ...], kind: str) -> _Options:
-        for key in options:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(
-                    f"unknown option {key!r} for {kind}: datasets{hint} (valid: {', '.join(valid)})"
-                )
-        values = dict(options)
+    def parse(cls, options: dict[str, Any], valid: tuple[str, ...], kind: str) -> FileOptions:
+        check_options(options, valid, kind)
+        values = {k: v for k, v in options.items() if k not in MASK_OPTIONS}
         for key in ("classes", "label_cols"):
             if key in values:
-                values[key] = _as_list(values[key])
+                values[key] = as_list(values[key])
         if "fractions" in values:
-            values["fractions"] = tuple(_as_float(v, "fractions") for v in _as_list(values["fractions"]))
-        for key in ("image_root", "path_col", "label_col", "label_sep", "patient_col", "split_col"):
+            values["fractions"] = tuple(as_float(v, "fractions") for v in as_list(values["fractions"]))
+        for key in (*_TEXT_OPTIONS, "mask_col", "mask_root", "classes_file"):
             if key in values:
                 values[key] = str(values[key])
-        return cls(**values)
+        return cls(**values, masks=MaskOptions.parse(options))
 
     def __post_init__(self) -> None:
-        if self.task is not None and self.task not in TASKS:
-            raise ConfigError(f"task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
+        if self.task is not None and self.task not in (*TASKS, "segmentation"):
+            raise ConfigError(
+                f"task={self.task!r} is not valid; choose one of {', '.join(TASKS)} (or segmentation, csv only)"
+            )
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels={self.channels!r} is not valid; choose 1 (gray) or 3 (RGB)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -167,12 +194,12 @@ class _Options:
                 raise ConfigError(f"{name}={','.join(values)!r} must be a non-empty list of distinct names")
 
 
-def _as_list(value: Any) -> list[str]:
+def as_list(value: Any) -> list[str]:
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def _as_float(value: str, option: str) -> float:
+def as_float(value: str, option: str) -> float:
     try:
         return float(value)
     except ValueError:
@@ -183,7 +210,7 @@ def _as_float(value: str, option: str) -> float:
 
 
 @dataclass
-class _Rows:
+class Rows:
     """Everything known about all rows of a source before one split is selected."""
 
     source: str
@@ -208,7 +235,7 @@ def _sort_classes(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-def _encode_labels(tokens: list[list[str] | None], opts: _Options, multilabel: bool) -> tuple:
+def _encode_labels(tokens: list[list[str] | None], opts: FileOptions, multilabel: bool) -> tuple:
     """Label tokens per row (None = missing) → (labels, classes, errors)."""
     classes = opts.classes or _sort_classes({t for row in tokens if row for t in row})
     index = {c: k for k, c in enumerate(classes)}
@@ -227,7 +254,7 @@ def _encode_labels(tokens: list[list[str] | None], opts: _Options, multilabel: b
     return labels, classes, errors
 
 
-def _infer_task(opts: _Options, classes: list[str], multilabel: bool, source: str) -> str:
+def _infer_task(opts: FileOptions, classes: list[str], multilabel: bool, source: str) -> str:
     task = opts.task or ("multilabel" if multilabel else "binary" if len(classes) == 2 else "multiclass")
     minimum = 1 if task == "multilabel" else 2
     if len(classes) < minimum:
@@ -237,7 +264,7 @@ def _infer_task(opts: _Options, classes: list[str], multilabel: bool, source: st
     return task
 
 
-def _labels_from_column(table: pd.DataFrame, opts: _Options, source: str) -> tuple:
+def _labels_from_column(table: pd.DataFrame, opts: FileOptions, source: str) -> tuple:
     raw = table[opts.label_col]
     text = [None if pd.isna(v) or not str(v).strip() else str(v).strip() for v in raw]
     multilabel = opts.task == "multilabel" or (
@@ -253,7 +280,7 @@ def _labels_from_column(table: pd.DataFrame, opts: _Options, source: str) -> tup
     return labels, classes, _infer_task(opts, classes, multilabel, source), errors
 
 
-def _labels_from_columns(table: pd.DataFrame, opts: _Options, source: str) -> tuple:
+def _labels_from_columns(table: pd.DataFrame, opts: FileOptions, source: str) -> tuple:
     columns = opts.label_cols
     _require_columns(table, columns, source, "label_cols")
     values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -275,24 +302,25 @@ def _require_columns(table: pd.DataFrame, columns: list[str], source: str, optio
 
 
 def _parse_splits(values: pd.Series) -> tuple[np.ndarray, dict[int, str]]:
-    names = [_SPLIT_ALIASES.get(str(v).strip().lower(), "") if not pd.isna(v) else "" for v in values]
+    names = [SPLIT_ALIASES.get(str(v).strip().lower(), "") if not pd.isna(v) else "" for v in values]
     errors = {
         i: f"split {v!r} is not one of train/val/test" for i, (v, n) in enumerate(zip(values, names)) if not n
     }
     return np.array(names, dtype=object), errors
 
 
-def _auto_splits(labels: np.ndarray, groups: np.ndarray | None, opts: _Options) -> np.ndarray:
+def auto_splits(labels: np.ndarray, groups: np.ndarray | None, opts: FileOptions) -> np.ndarray:
     return grouped_split(labels, groups, fractions=opts.fractions, seed=opts.seed).astype(object)
 
 
 # ------------------------------------------------------------------------------------------------- csv
 
 
-def _read_table(csv_path: Path, opts: _Options) -> pd.DataFrame:
+def _read_table(csv_path: Path, opts: FileOptions) -> pd.DataFrame:
     if not csv_path.is_file():
         raise DataError(f"CSV file {str(csv_path)!r} does not exist; check the path in the dataset address")
     text_cols = (opts.path_col, opts.label_col, opts.patient_col or "patient_id", opts.split_col)
+    text_cols += (opts.mask_col or "mask_path",)
     try:
         table = pd.read_csv(
             csv_path, sep="\t" if csv_path.suffix == ".tsv" else ",", dtype=dict.fromkeys(text_cols, str)
@@ -306,22 +334,30 @@ def _read_table(csv_path: Path, opts: _Options) -> pd.DataFrame:
     return table.assign(row=np.arange(len(table)))
 
 
-def _resolve_paths(table: pd.DataFrame, root: Path) -> tuple[list[str], dict[int, str]]:
+def _resolve_paths(
+    values: pd.Series, root: Path, mask_col: str | None = None
+) -> tuple[list[str], dict[int, str]]:
+    """Absolute paths (relative ones start at ``root``) and why a row's file is missing; ``mask_col`` names
+    the mask column in the messages (None: image paths)."""
     paths, errors = [], {}
-    for i, value in enumerate(table.iloc[:, 0]):
+    for i, value in enumerate(values):
         if pd.isna(value) or not str(value).strip():
             paths.append("")
-            errors[i] = "path is empty"
+            errors[i] = f"{mask_col} is empty; give every row its mask file" if mask_col else "path is empty"
             continue
         path = Path(str(value).strip()).expanduser()
         path = path if path.is_absolute() else root / path
         paths.append(str(path))
-        if not path.is_file():
+        if not path.is_file() and mask_col:
+            errors[i] = (
+                f"mask file not found: {path} (check {mask_col}; relative paths start at {root}, set by mask_root=)"
+            )
+        elif not path.is_file():
             errors[i] = f"file not found: {path}"
     return paths, errors
 
 
-def _patient_groups(table: pd.DataFrame, opts: _Options, source: str) -> np.ndarray | None:
+def _patient_groups(table: pd.DataFrame, opts: FileOptions, source: str) -> np.ndarray | None:
     column = opts.patient_col or "patient_id"
     if column not in table.columns:
         if opts.patient_col:
@@ -332,9 +368,8 @@ def _patient_groups(table: pd.DataFrame, opts: _Options, source: str) -> np.ndar
     return np.where(ids.isna(), "\0row" + table["row"].astype(str), ids.astype(str))
 
 
-def _csv_rows(csv_path: Path, opts: _Options) -> _Rows:
+def _csv_rows(csv_path: Path, table: pd.DataFrame, opts: FileOptions) -> Rows:
     source = csv_path.name
-    table = _read_table(csv_path, opts)
     _require_columns(table, [opts.path_col], source, "path_col")
     if opts.label_cols is None:
         _require_columns(table, [opts.label_col], source, "label_col (or label_cols=a,b,c for 0/1 columns)")
@@ -342,13 +377,76 @@ def _csv_rows(csv_path: Path, opts: _Options) -> _Rows:
     else:
         labels, classes, task, errors = _labels_from_columns(table, opts, source)
     root = Path(opts.image_root).expanduser() if opts.image_root else csv_path.parent
-    paths, path_errors = _resolve_paths(table[[opts.path_col]], root)
+    paths, path_errors = _resolve_paths(table[opts.path_col], root)
     if opts.split_col in table.columns:
         splits, split_errors = _parse_splits(table[opts.split_col])
     else:
-        splits, split_errors = _auto_splits(labels, _patient_groups(table, opts, source), opts), {}
+        splits, split_errors = auto_splits(labels, _patient_groups(table, opts, source), opts), {}
     errors = _merge_errors(path_errors, errors, split_errors)
-    return _Rows(source, table, paths, labels, classes, task, splits, errors, "row")
+    return Rows(source, table, paths, labels, classes, task, splits, errors, "row")
+
+
+def _mask_column(table: pd.DataFrame, opts: FileOptions, source: str) -> str | None:
+    """The mask column when the CSV is a segmentation dataset, else None (rule: the module docstring)."""
+    column = opts.mask_col or "mask_path"
+    if (opts.mask_col or opts.task == "segmentation") and column not in table.columns:
+        _require_columns(table, [column], source, "mask_col")
+    if column in table.columns and opts.task in (None, "segmentation"):
+        defaults = (("label_col", "label"), ("label_cols", None), ("label_sep", "|"))
+        given = [k for k, default in defaults if getattr(opts, k) != default]
+        if given:
+            raise ConfigError(
+                f"{source} has a {column!r} column, which makes it a segmentation dataset, but {given[0]}= "
+                f"asks for class labels; drop {given[0]}, or give task=binary (multiclass, ...) to read the "
+                f"labels, keeping {column} as metadata"
+            )
+        return column
+    mask_only = [k for k in MASK_OPTIONS if getattr(opts.masks, k) != getattr(MaskOptions(), k)]
+    mask_only += [k for k in ("mask_root", "classes_file") if getattr(opts, k) is not None]
+    if mask_only:
+        why = f"task={opts.task}" if opts.task else f"it has no {column!r} column"
+        raise ConfigError(f"{mask_only[0]}= applies to segmentation CSVs, but {source} is not one ({why})")
+    return None
+
+
+def _csv_masks(
+    csv_path: Path, table: pd.DataFrame, column: str, opts: FileOptions, split: str, name: str, size: int | None,
+    skip_bad: bool,
+) -> SegmentationDataset:  # fmt: skip
+    """One split of a segmentation CSV: images and masks row by row."""
+    source = csv_path.name
+    _require_columns(table, [opts.path_col], source, "path_col")
+    mask_columns(table.iloc[:0], source, np.zeros(0))  # refuses the computed columns' names before any read
+    classes_file = csv_path.parent / Path(opts.classes_file or "classes.txt").expanduser()
+    if opts.classes_file and not classes_file.is_file():
+        raise DataError(
+            f"classes_file {str(classes_file)!r} does not exist (relative paths start at the CSV)"
+        )
+    classes = mask_classes(opts.classes, classes_file, palette=opts.masks.palette)
+    image_root = Path(opts.image_root).expanduser() if opts.image_root else csv_path.parent
+    mask_root = Path(opts.mask_root).expanduser() if opts.mask_root else image_root
+    paths, image_errors = _resolve_paths(table[opts.path_col], image_root)
+    mask_paths, mask_errors = _resolve_paths(table[column], mask_root, column)
+    splits, split_errors = _parse_splits(table[opts.split_col]) if opts.split_col in table else (None, {})
+    known = _merge_errors(image_errors, mask_errors, split_errors)
+    wanted = np.flatnonzero(splits == split if splits is not None else np.ones(len(table), bool))
+    read = opts.masks.reader(len(classes))
+    shown = tuple([str(v).strip() for v in table[c]] for c in (opts.path_col, column))
+    scan = scan_masks(paths, mask_paths, [i for i in wanted if int(i) not in known], read,
+                      empty=opts.masks.empty, names=shown, sizes="object_size" not in table)  # fmt: skip
+    if splits is None:  # the automatic split is stratified by "has foreground": every mask was read
+        splits = auto_splits(scan.labels, _patient_groups(table, opts, source), opts)
+    sizes = (
+        pd.to_numeric(table["object_size"], errors="coerce") if "object_size" in table else scan.object_size
+    )
+    meta = mask_columns(table, source, scan.foreground, sizes)
+    errors = _merge_errors(known, scan.errors)
+    rows = Rows(source, meta, paths, scan.labels, classes, "segmentation", splits, errors, "row")
+    base = build_split(rows, split, name, opts, skip_bad)
+    kept = [mask_paths[i] for i in base.metadata["row"]]
+    return SegmentationDataset.wrap(
+        base, mask_paths=kept, skipped=base.skipped, read=read, opts=opts.masks, size=size
+    )
 
 
 def _merge_errors(*sources: dict[int, str]) -> dict[int, str]:
@@ -363,7 +461,7 @@ def _merge_errors(*sources: dict[int, str]) -> dict[int, str]:
 # ---------------------------------------------------------------------------------------------- folder
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     files = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
@@ -373,25 +471,25 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _folder_table(root: Path) -> pd.DataFrame:
-    split_dirs = _split_dirs(root)
+    dirs = split_dirs(root)
     entries = []
-    for name, split in split_dirs.items() or [("", "")]:
+    for name, split in dirs.items() or [("", "")]:
         for class_dir in _class_dirs(root / name):
-            entries += [(str(p.relative_to(root)), class_dir.name, split) for p in _list_images(class_dir)]
+            entries += [(str(p.relative_to(root)), class_dir.name, split) for p in list_images(class_dir)]
     if not entries:
         raise DataError(
             f"found no images under {str(root)!r}; expected ROOT/CLASS/image files or ROOT/train/CLASS/..., "
             f"with suffixes {', '.join(sorted(IMAGE_SUFFIXES))}"
         )
     table = pd.DataFrame(entries, columns=["path", "label", "split"])
-    table = table if split_dirs else table.drop(columns="split")
+    table = table if dirs else table.drop(columns="split")
     return table.assign(row=np.arange(len(table)))
 
 
-def _split_dirs(root: Path) -> dict[str, str]:
+def split_dirs(root: Path) -> dict[str, str]:
     """Sub-folders that name a split (``train``, ``val`` / ``valid`` / ``validation``, ``test``, any case)."""
     found = {
-        d.name: _SPLIT_ALIASES[d.name.lower()] for d in _class_dirs(root) if d.name.lower() in _SPLIT_ALIASES
+        d.name: SPLIT_ALIASES[d.name.lower()] for d in _class_dirs(root) if d.name.lower() in SPLIT_ALIASES
     }
     for split in SPLITS:
         names = sorted(n for n, s in found.items() if s == split)
@@ -400,7 +498,7 @@ def _split_dirs(root: Path) -> dict[str, str]:
     return found
 
 
-def _folder_rows(root: Path, opts: _Options) -> _Rows:
+def _folder_rows(root: Path, opts: FileOptions) -> Rows:
     if not root.is_dir():
         raise DataError(f"dataset folder {str(root)!r} does not exist; check the path in the dataset address")
     table = _folder_table(root)
@@ -408,21 +506,22 @@ def _folder_rows(root: Path, opts: _Options) -> _Rows:
     errors = {
         i: f"class folder {table['label'].iloc[i]!r} is not one of the classes {classes}" for i in errors
     }
-    if opts.task == "multilabel":
-        raise ConfigError("folder: datasets cannot be multilabel; use a csv: dataset with label_cols")
+    if opts.task in ("multilabel", "segmentation"):
+        instead = "a csv: dataset with label_cols" if opts.task == "multilabel" else "a segfolder: dataset"
+        raise ConfigError(f"folder: datasets cannot be {opts.task}; use {instead}")
     task = _infer_task(opts, classes, False, root.name)
     if "split" in table.columns:
         splits = table["split"].to_numpy(dtype=object)
     else:
-        splits = _auto_splits(labels, None, opts)
+        splits = auto_splits(labels, None, opts)
     paths = [str(root / p) for p in table["path"]]
-    return _Rows(root.name, table, paths, labels, classes, task, splits, errors, "file")
+    return Rows(root.name, table, paths, labels, classes, task, splits, errors, "file")
 
 
 # ------------------------------------------------------------------------------------------- one split
 
 
-def _choose_channels(rows: _Rows, opts: _Options) -> int:
+def _choose_channels(rows: Rows, opts: FileOptions) -> int:
     """``channels`` option, else 1 when every probed image (spread over all rows) is grayscale."""
     if opts.channels is not None:
         return opts.channels
@@ -442,7 +541,7 @@ def _choose_channels(rows: _Rows, opts: _Options) -> int:
     return 1
 
 
-def _split_errors(rows: _Rows, in_split: np.ndarray, verify: bool) -> dict[int, str]:
+def _split_errors(rows: Rows, in_split: np.ndarray, verify: bool) -> dict[int, str]:
     """Known errors of this split's rows (and rows with no valid split), plus unreadable image headers."""
     errors = {i: r for i, r in rows.errors.items() if in_split[i] or not rows.splits[i]}
     for i in np.flatnonzero(in_split):
@@ -454,7 +553,7 @@ def _split_errors(rows: _Rows, in_split: np.ndarray, verify: bool) -> dict[int, 
     return dict(sorted(errors.items()))
 
 
-def _bad_rows_message(rows: _Rows, split: str, errors: dict[int, str], n_split: int) -> str:
+def _bad_rows_message(rows: Rows, split: str, errors: dict[int, str], n_split: int) -> str:
     shown = "; ".join(f"{rows.where(i)}: {reason}" for i, reason in list(errors.items())[:_SHOWN_ERRORS])
     more = f"; ... and {len(errors) - _SHOWN_ERRORS} more" if len(errors) > _SHOWN_ERRORS else ""
     return (
@@ -463,7 +562,7 @@ def _bad_rows_message(rows: _Rows, split: str, errors: dict[int, str], n_split: 
     )
 
 
-def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -> ImageFileDataset:
+def build_split(rows: Rows, split: str, name: str, opts: FileOptions, skip_bad: bool) -> ImageFileDataset:
     n_channels = _choose_channels(rows, opts)
     in_split = rows.splits == split
     if not in_split.any():
@@ -502,30 +601,32 @@ def _build(rows: _Rows, split: str, name: str, opts: _Options, skip_bad: bool) -
 # ---------------------------------------------------------------------------------------------- kinds
 
 
-def _make_loader(kind: str, options: tuple[str, ...], make_rows) -> Callable[..., ImageFileDataset]:
-    def load(
-        address: DatasetAddress,
-        split: str,
-        *,
-        root: str | None = None,
-        size: int | None = None,
-        skip_bad: bool = False,
-        **ignored: Any,
-    ) -> ImageFileDataset:
-        opts = _Options.parse(address.options, options, kind)
-        rows = make_rows(Path(address.location).expanduser(), opts)
-        return _build(rows, split, str(address), opts, skip_bad or bool(opts.skip_bad))
+@DATASETS.register("csv", examples=lambda: ["csv:PATH.csv"])
+def load_csv(
+    address: DatasetAddress, split: str, *, size: int | None = None, skip_bad: bool = False, **ignored: Any
+) -> ImageFileDataset | SegmentationDataset:
+    """Load one split of a ``csv:`` dataset (options: see the module docstring).
 
-    load.__name__ = f"load_{kind}"
-    load.__doc__ = f"Load one split of a ``{kind}:`` dataset (options: see the module docstring)."
-    return load
+    Example: ``load_dataset("csv:/data/labels.csv?task=multilabel", "train")``
+    """
+    opts = FileOptions.parse(address.options, _CSV_OPTIONS, "csv")
+    csv_path = Path(address.location).expanduser()
+    table = _read_table(csv_path, opts)
+    skip_bad = skip_bad or opts.skip_bad
+    column = _mask_column(table, opts, csv_path.name)
+    if column is not None:
+        return _csv_masks(csv_path, table, column, opts, split, str(address), size, skip_bad)
+    return build_split(_csv_rows(csv_path, table, opts), split, str(address), opts, skip_bad)
 
 
-#: ``load_dataset("csv:/data/labels.csv?task=multilabel", "train")``
-load_csv = DATASETS.register(
-    "csv", _make_loader("csv", _CSV_OPTIONS, _csv_rows), examples=lambda: ["csv:PATH.csv"]
-)
-#: ``load_dataset("folder:/data/xrays?channels=1", "test")``
-load_folder = DATASETS.register(
-    "folder", _make_loader("folder", _COMMON_OPTIONS, _folder_rows), examples=lambda: ["folder:DIR"]
-)
+@DATASETS.register("folder", examples=lambda: ["folder:DIR"])
+def load_folder(
+    address: DatasetAddress, split: str, *, size: int | None = None, skip_bad: bool = False, **ignored: Any
+) -> ImageFileDataset:
+    """Load one split of a ``folder:`` dataset (options: see the module docstring).
+
+    Example: ``load_dataset("folder:/data/xrays?channels=1", "test")``
+    """
+    opts = FileOptions.parse(address.options, _COMMON_OPTIONS, "folder")
+    rows = _folder_rows(Path(address.location).expanduser(), opts)
+    return build_split(rows, split, str(address), opts, skip_bad or opts.skip_bad)

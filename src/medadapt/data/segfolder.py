@@ -24,20 +24,10 @@ no box, NaN for a stem it does not list), its band ``object_size_band`` (:data:`
 large; for ``medadapt compare --subgroup object_size_band``) and, when its boxes have one label, the name of the
 foreground class.
 
-**Masks.** Values are class indices, 0 the background, read by :func:`read_mask`:
-
-- index PNG / TIFF / BMP (modes 1, L, I, I;16) as they are; with two classes, masks saved as 0/255 are read
-  as 0/1. A value outside the classes is a bad pair (the error names the file and the values).
-- palette PNG (mode P): the **palette index** is the class (the palette only colours it for display, as in
-  PASCAL VOC). With the ``palette`` option, pixels are mapped by **colour** instead (colour k is class k;
-  P files go through their own palette; RGB PNG masks need it); a colour outside it is a bad pair (colours
-  must match exactly, so not for JPEG masks).
-- JPEG: lossy, so binary only: luma ``> threshold`` (default 127, i.e. 128..255) is class 1.
-
-**Resizing.** With ``size=S`` (or the ``size`` loader argument, ``--size``, which wins) images are resized to
-S×S at load with antialiased ``interpolation`` (default bilinear, :func:`medadapt.data.transforms.resize`)
-and masks with nearest neighbour ("nearest-exact", as PIL): masks are never interpolated, so no new label
-values appear. Without ``size`` both keep the file's size (Kvasir-SEG's vary), so batches need ``size``.
+**Masks** (index, palette and JPEG files), **classes** and **resizing** (``size``: images antialiased,
+masks by nearest neighbour, so no new label values) follow :mod:`medadapt.data.masks`, which ``csv:`` datasets
+with a ``mask_path`` column share. Without ``size`` images and masks keep the file's size (Kvasir-SEG's
+vary), so batches need ``size``.
 
 Options (all optional): ``classes=a,b`` (default: ``classes.txt``, else ``background`` and the box label or
 ``foreground``), ``palette=000000,ff0000`` (``RRGGBB`` or ``R-G-B`` per class), ``threshold`` (127),
@@ -60,175 +50,52 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import logging
-import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
 
 from ..errors import ConfigError, DataError
-from .base import DATASETS, DatasetAddress, MedicalDataset
+from .base import DATASETS, DatasetAddress
 from .folder import (
-    _SPLIT_ALIASES,
     IMAGE_SUFFIXES,
-    _as_float,
-    _as_list,
-    _auto_splits,
-    _build,
-    _list_images,
-    _Options,
-    _Rows,
-    _split_dirs,
+    SPLIT_ALIASES,
+    FileOptions,
+    Rows,
+    as_float,
+    auto_splits,
+    build_split,
+    check_options,
+    list_images,
+    split_dirs,
 )
-from .images import _PIL_ERRORS, is_dicom_file, read_image
+from .masks import (
+    MASK_OPTIONS,
+    SIZE_BANDS,
+    MaskOptions,
+    MaskScan,
+    SegmentationDataset,
+    mask_classes,
+    mask_columns,
+    read_lines,
+    read_mask,
+    scan_masks,
+    size_bands,
+)
 from .splits import DEFAULT_FRACTIONS, grouped_split
-from .transforms import INTERPOLATIONS, resize
 
 __all__ = ["SegmentationDataset", "load_segfolder", "read_mask", "SIZE_BANDS", "size_bands"]
 
 logger = logging.getLogger(__name__)
 
 _SHARED = ("classes", "seed", "fractions", "channels", "skip_bad", "verify")  # checked as folder.py does
-_OPTIONS = (
-    *_SHARED,
-    *("palette", "threshold", "empty", "size", "interpolation", "val_fraction", "val_list", "mask_suffix"),
-)
-_JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
-
-
-# --------------------------------------------------------------------------------------------- dataset
-
-
-class SegmentationDataset(MedicalDataset):
-    """Image/mask pairs read on demand; ``labels`` is ``[N, 1]`` "has foreground" (0/1)."""
-
-    task = "segmentation"
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        split: str,
-        classes: list[str],
-        n_channels: int,
-        paths: list[str],
-        mask_paths: list[str],
-        labels: np.ndarray,
-        metadata: pd.DataFrame,
-        skipped: list[tuple[str, str]],
-        size: int | None,
-        interpolation: str,
-        read: Callable[[str], np.ndarray],
-    ) -> None:
-        assert len(paths) == len(mask_paths) == len(labels) == len(metadata)
-        self.name, self.split, self.classes, self.n_channels = name, split, classes, n_channels
-        self.paths, self.mask_paths, self.labels, self.metadata = paths, mask_paths, labels, metadata
-        self.skipped, self.size, self.interpolation, self._read = skipped, size, interpolation, read
-        self.patient_col = "patient_id"
-
-    def image(self, i: int) -> torch.Tensor:
-        """uint8 ``[C, H, W]``, resized to ``size`` when given."""
-        img = read_image(self.paths[i], self.n_channels)
-        if self.size is None:
-            return img
-        x = resize(img[None].float().div_(255), (self.size, self.size), self.interpolation)
-        return x[0].mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-
-    def mask(self, i: int) -> torch.Tensor:
-        """int64 ``[H, W]`` class indices, resized to ``size`` by nearest neighbour when given."""
-        mask = torch.from_numpy(self._read(self.mask_paths[i]).astype(np.int64))
-        if self.size is None:
-            return mask
-        return resize(mask[None, None].float(), (self.size, self.size), "nearest")[0, 0].long()
-
-    def __repr__(self) -> str:
-        return (
-            f"SegmentationDataset({self.name!r}, split={self.split!r}, n={len(self)}, classes={self.classes})"
-        )
-
-
-# ----------------------------------------------------------------------------------------------- masks
-
-
-def read_mask(
-    path: str | Path,
-    *,
-    n_classes: int,
-    threshold: int = 127,
-    palette: tuple[tuple[int, int, int], ...] | None = None,
-) -> np.ndarray:
-    """One mask file as an ``[H, W]`` integer array of class indices (rules: see the module docstring).
-
-    Example:
-        >>> read_mask("masks/a.png", n_classes=3).max() < 3  # doctest: +SKIP
-        True
-    """
-    try:
-        with Image.open(path) as im:
-            if palette is not None:
-                return _by_colour(np.asarray(im.convert("RGB")), palette, path)
-            if im.format == "JPEG" or Path(path).suffix.lower() in _JPEG_SUFFIXES:
-                if n_classes != 2:
-                    raise DataError(
-                        f"mask {path} is a JPEG, which can only hold a binary mask (lossy compression blurs "
-                        f"class indices), but there are {n_classes} classes; save multi-class masks as PNG"
-                    )
-                return (np.asarray(im.convert("L")) > threshold).astype(np.uint8)
-            values = _index_values(im, path)
-    except _PIL_ERRORS as e:
-        raise DataError(f"cannot read mask {path}: {e}") from e
-    return _checked(values, n_classes, path)
-
-
-def _index_values(im: Image.Image, path: str | Path) -> np.ndarray:
-    if im.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(im.convert("RGB"))
-        if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 0] != rgb[..., 2]).any():
-            raise DataError(f"mask {path} is a colour image; map its colours to classes with palette=...")
-        return rgb[..., 0]
-    values = np.asarray(im.getchannel("L") if im.mode == "LA" else im)
-    if values.dtype == bool:
-        return values.astype(np.uint8)
-    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-        raise DataError(f"mask {path} holds non-integer values; class indices must be integers")
-    return values
-
-
-def _checked(values: np.ndarray, n_classes: int, path: str | Path) -> np.ndarray:
-    if values.size == 0:
-        raise DataError(f"mask {path} has no pixels")
-    low, high = values.min(), values.max()
-    if n_classes == 2 and high == 255 and not ((values != 0) & (values != 255)).any():
-        return (values == 255).astype(np.uint8)  # a binary mask saved as 0/255
-    if low < 0 or high >= n_classes:
-        bad = np.unique(values[(values < 0) | (values >= n_classes)])
-        shown = ", ".join(str(v) for v in bad[:8].tolist()) + (" ..." if len(bad) > 8 else "")
-        raise DataError(
-            f"mask {path} has values {shown} outside the {n_classes} classes (0..{n_classes - 1}); "
-            "declare the classes (classes=... or ROOT/classes.txt)"
-        )
-    return values.astype(np.int64) if values.dtype.kind == "f" else values
-
-
-def _by_colour(rgb: np.ndarray, palette: tuple[tuple[int, int, int], ...], path: str | Path) -> np.ndarray:
-    codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    table = np.array([(r << 16) | (g << 8) | b for r, g, b in palette], dtype=np.int32)
-    order = np.argsort(table)
-    pos = np.searchsorted(table[order], codes).clip(max=len(table) - 1)
-    known = table[order][pos] == codes
-    if not known.all():
-        unknown = [f"{c:06x}" for c in np.unique(codes[~known])[:8].tolist()]
-        raise DataError(f"mask {path} has colours {', '.join(unknown)} that are not in palette=...")
-    return order[pos].astype(np.uint8)
+_OPTIONS = (*_SHARED, *MASK_OPTIONS, "val_fraction", "val_list", "mask_suffix")
 
 
 # --------------------------------------------------------------------------------------------- options
@@ -242,52 +109,25 @@ class _SegOptions:
     channels: int | None = None
     skip_bad: bool = False
     verify: bool = False
-    palette: tuple[tuple[int, int, int], ...] | None = None
-    threshold: int = 127
-    empty: str = "allow"
-    size: int | None = None
-    interpolation: str = "bilinear"
     val_fraction: float = 0.1
     val_list: str | None = None
     mask_suffix: str = ""
-    patient_col: ClassVar[str] = "patient_id"  # the metadata column of patient ids (read by folder._build)
+    masks: MaskOptions = field(default_factory=MaskOptions)
+    patient_col: ClassVar[str] = "patient_id"  # the metadata column of patient ids (read by build_split)
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> _SegOptions:
-        for key in options:
-            if key not in _OPTIONS:
-                close = difflib.get_close_matches(key, _OPTIONS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(
-                    f"unknown option {key!r} for segfolder: datasets{hint} (valid: {', '.join(_OPTIONS)})"
-                )
-        shared = _Options.parse({k: v for k, v in options.items() if k in _SHARED}, _SHARED, "segfolder")
-        values = {
-            **{k: getattr(shared, k) for k in _SHARED},
-            **{k: v for k, v in options.items() if k not in _SHARED},
-        }
-        if "palette" in values:
-            values["palette"] = tuple(_colour(token) for token in _as_list(values["palette"]))
+        check_options(options, _OPTIONS, "segfolder")
+        shared = FileOptions.parse({k: v for k, v in options.items() if k in _SHARED}, _SHARED, "segfolder")
+        masks = MaskOptions.parse(options)
+        values = {k: v for k, v in options.items() if k not in _SHARED and k not in MASK_OPTIONS}
         if "val_fraction" in values:
-            values["val_fraction"] = _as_float(values["val_fraction"], "val_fraction")
+            values["val_fraction"] = as_float(values["val_fraction"], "val_fraction")
         if "mask_suffix" in values:
             values["mask_suffix"] = str(values["mask_suffix"])
-        return cls(**values)
+        return cls(**{k: getattr(shared, k) for k in _SHARED}, **values, masks=masks)
 
     def __post_init__(self) -> None:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not (is_int(self.threshold) and 0 <= self.threshold < 255):
-            raise ConfigError(f"threshold={self.threshold!r} is not valid; give an integer from 0 to 254")
-        if self.empty not in ("allow", "error"):
-            raise ConfigError(f"empty={self.empty!r} is not valid; choose allow or error")
-        if self.size is not None and not (is_int(self.size) and self.size > 0):
-            raise ConfigError(f"size={self.size!r} is not valid; give a positive integer (pixels)")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(
-                f"interpolation={self.interpolation!r} is not valid; choose one of {INTERPOLATIONS}"
-            )
         if self.val_list not in (None, "test", "val"):
             raise ConfigError(f"val_list={self.val_list!r} is not valid; choose test or val")
         vf = self.val_fraction
@@ -299,36 +139,15 @@ class _SegOptions:
             raise ConfigError(
                 f"classes={','.join(self.classes)!r}: segmentation needs two or more (background first)"
             )
-        if self.palette is not None and (
-            len(self.palette) < 2 or len(set(self.palette)) != len(self.palette)
-        ):
-            raise ConfigError("palette=... must list two or more distinct colours, one per class")
-
-
-def _colour(token: str) -> tuple[int, int, int]:
-    text = token.strip().lstrip("#")
-    if len(text) == 6 and all(c in string.hexdigits for c in text):
-        return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
-    parts = text.split("-")
-    if len(parts) == 3 and all(p.isdigit() and int(p) < 256 for p in parts):
-        return int(parts[0]), int(parts[1]), int(parts[2])
-    raise ConfigError(
-        f"palette colour {token!r} is not valid; give RRGGBB or R-G-B, e.g. palette=000000,ff0000"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- layout
 
 
-def _read_lines(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 def _by_stem(folder: Path, suffix: str) -> dict[str, list[Path]]:
     """Image files of ``folder`` by stem (relative path without suffix, minus ``suffix`` for masks)."""
     found: dict[str, list[Path]] = {}
-    for path in _list_images(folder):
+    for path in list_images(folder):
         stem = path.relative_to(folder).with_suffix("").as_posix()
         if suffix and not stem.endswith(suffix):
             continue
@@ -370,7 +189,7 @@ def _split_lists(folder: Path, opts: _SegOptions) -> dict[str, tuple[str, list[s
     """``split -> (file name, stems)`` from ``folder/{train,val,test}.txt``, with the val -> test rule."""
     lists: dict[str, tuple[str, list[str]]] = {}
     for path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-        split = _SPLIT_ALIASES.get(path.stem.lower())
+        split = SPLIT_ALIASES.get(path.stem.lower())
         if split in lists:
             raise DataError(
                 f"{str(folder)!r} has two lists for the {split} split: {lists[split][0]}, {path.name}"
@@ -378,7 +197,7 @@ def _split_lists(folder: Path, opts: _SegOptions) -> dict[str, tuple[str, list[s
         if split:
             stems = [
                 s[: -len(Path(s).suffix)] if Path(s).suffix.lower() in IMAGE_SUFFIXES else s
-                for s in _read_lines(path)
+                for s in read_lines(path)
             ]
             lists[split] = (path.name, stems)
     if opts.val_list is not None and "val" not in lists:
@@ -419,14 +238,14 @@ def _apply_lists(entries: list[tuple], lists: dict[str, tuple[str, list[str]]]) 
 def _layout(root: Path, opts: _SegOptions) -> pd.DataFrame:
     """Every pair: ``stem, path, mask_path`` (relative to ROOT), ``split`` ("" when the layout gives none),
     ``error``."""
-    split_dirs = _split_dirs(root)
-    if split_dirs:
-        entries = [e for name, split in split_dirs.items() for e in _pairs(root, root / name, split, opts)]
+    dirs = split_dirs(root)
+    if dirs:
+        entries = [e for name, split in dirs.items() for e in _pairs(root, root / name, split, opts)]
     else:
         entries = _pairs(root, root, "", opts)
         lists = _split_lists(root / "splits", opts)
         entries = _apply_lists(entries, lists) if lists else entries
-    if opts.val_list is not None and split_dirs:
+    if opts.val_list is not None and dirs:
         raise ConfigError("val_list applies to split lists (ROOT/splits/val.txt), not to split folders")
     return pd.DataFrame(entries, columns=["stem", "path", "mask_path", "split", "error"])
 
@@ -458,25 +277,6 @@ def _boxes(root: Path) -> tuple[dict[str, float] | None, set[str]]:
     return sizes, labels
 
 
-def _classes(root: Path, opts: _SegOptions, box_labels: set[str]) -> list[str]:
-    if opts.classes is not None:
-        names = opts.classes
-    elif (root / "classes.txt").is_file():
-        names = _read_lines(root / "classes.txt")
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise DataError(
-                f"{root / 'classes.txt'} must list two or more distinct class names, background first"
-            )
-    else:
-        names = ["background", box_labels.pop() if len(box_labels) == 1 else "foreground"]
-    if opts.palette is not None and len(opts.palette) != len(names):
-        raise ConfigError(
-            f"palette has {len(opts.palette)} colours but there are {len(names)} classes {names}; give one "
-            "colour per class (name the classes with classes=... or ROOT/classes.txt)"
-        )
-    return names
-
-
 def _patients(root: Path, stems: pd.Series) -> pd.Series:
     """Patient id per row from ``ROOT/patients.csv`` (blank where it has none), else the stem."""
     path = root / "patients.csv"
@@ -491,36 +291,15 @@ def _patients(root: Path, stems: pd.Series) -> pd.Series:
 # ------------------------------------------------------------------------------------------------ scan
 
 
-def _image_shape(path: str) -> tuple[int, int]:
-    if is_dicom_file(path):
-        return tuple(read_image(path, 1).shape[-2:])
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except _PIL_ERRORS as e:
-        raise DataError(f"unreadable image {path}: {e}") from e
-
-
-def _scan(table: pd.DataFrame, root: Path, rows: np.ndarray, read: Callable, opts: _SegOptions) -> tuple:
-    """Read the masks of ``rows``: ``(labels [N, 1], foreground fraction [N], errors)``."""
-    labels, foreground = np.zeros((len(table), 1), dtype=np.int64), np.full(len(table), np.nan)
-    errors = {int(i): e for i, e in enumerate(table["error"]) if isinstance(e, str)}
-    for i in (int(i) for i in rows if int(i) not in errors):
-        image, mask_path = str(root / table["path"].iat[i]), str(root / table["mask_path"].iat[i])
-        try:
-            mask, shape = read(mask_path), _image_shape(image)
-        except DataError as e:
-            errors[i] = str(e)
-            continue
-        if mask.shape != shape:
-            (h, w), (mh, mw) = shape, mask.shape
-            errors[i] = f"image {table['path'].iat[i]} is {w}x{h} but its mask is {mw}x{mh}"
-            continue
-        foreground[i] = np.count_nonzero(mask) / mask.size
-        labels[i, 0] = int(foreground[i] > 0)
-        if opts.empty == "error" and not labels[i, 0]:
-            errors[i] = f"mask {table['mask_path'].iat[i]} has no foreground (empty=allow keeps such masks)"
-    return labels, foreground, errors
+def _scan(table: pd.DataFrame, root: Path, read: Callable, opts: _SegOptions, rows: np.ndarray) -> MaskScan:
+    """Read the masks of ``rows``; the layout's bad pairs keep their reason and are not read."""
+    known = {int(i): e for i, e in enumerate(table["error"]) if isinstance(e, str)}
+    images, masks = ([str(root / p) for p in table[c]] for c in ("path", "mask_path"))
+    todo = [int(i) for i in rows if int(i) not in known]
+    names = (list(table["path"]), list(table["mask_path"]))
+    scan = scan_masks(images, masks, todo, read, empty=opts.masks.empty, names=names)
+    scan.errors = {**known, **scan.errors}
+    return scan
 
 
 # --------------------------------------------------------------------------------------------- splits
@@ -529,64 +308,48 @@ def _scan(table: pd.DataFrame, root: Path, rows: np.ndarray, read: Callable, opt
 def _splits(
     table: pd.DataFrame,
     split: str,
-    scan: Callable[[np.ndarray], tuple],
+    scan: Callable[[np.ndarray], MaskScan],
     groups: np.ndarray,
     opts: _SegOptions,
-) -> tuple:
-    """``(splits, labels, foreground, errors)``: the layout's splits (val carved out of train when there is
-    none), else the automatic split; only the masks the requested split needs are read."""
+) -> tuple[np.ndarray, MaskScan]:
+    """``(splits, scan)``: the layout's splits (val carved out of train when there is none), else the
+    automatic split; only the masks the requested split needs are read."""
     given = table["split"].to_numpy(dtype=object)
     if not given.any():
-        labels, foreground, errors = scan(np.arange(len(table)))
-        return _auto_splits(labels, groups, opts), labels, foreground, errors
+        found = scan(np.arange(len(table)))
+        return auto_splits(found.labels, groups, opts), found
     train = given == "train"
     carve = train.any() and not (given == "val").any() and opts.val_fraction > 0
     needed = (given == split) | (train & carve & (split in ("train", "val")))
-    labels, foreground, errors = scan(np.flatnonzero(needed))
+    found = scan(np.flatnonzero(needed))
     splits = given.copy()
     if carve and split in ("train", "val"):
         fractions = (1 - opts.val_fraction, opts.val_fraction, 0.0)
-        splits[train] = grouped_split(labels[train], groups[train], fractions=fractions, seed=opts.seed)
-    return splits, labels, foreground, errors
-
-
-#: Object size bands (upper bound of the box's share of the image, name): small objects are the hard case.
-SIZE_BANDS = ((0.05, "small (<5%)"), (0.20, "medium (5-20%)"), (1.0, "large (>20%)"))
-
-
-def size_bands(sizes: pd.Series) -> pd.Series:
-    """The :data:`SIZE_BANDS` name of each object size (a box's share of the image); empty where unknown."""
-    bounds = [0.0] + [b for b, _ in SIZE_BANDS]
-    bands = pd.cut(sizes, bins=bounds, labels=[n for _, n in SIZE_BANDS], include_lowest=True)
-    return bands.astype(object).where(sizes.notna(), "")
+        splits[train] = grouped_split(found.labels[train], groups[train], fractions=fractions, seed=opts.seed)
+    return splits, found
 
 
 @dataclass
-class _PairRows(_Rows):
+class _PairRows(Rows):
     def where(self, i: int) -> str:
         return f"pair {self.table['stem'].iat[i]!r}"
 
 
 def _rows(root: Path, split: str, opts: _SegOptions) -> tuple[_PairRows, Callable[[str], np.ndarray]]:
     sizes, box_labels = _boxes(root)
-    classes = _classes(root, opts, box_labels)
+    default = box_labels.pop() if len(box_labels) == 1 else "foreground"
+    classes = mask_classes(opts.classes, root / "classes.txt", default=default, palette=opts.masks.palette)
     table = _layout(root, opts)
-    read = functools.partial(
-        read_mask, n_classes=len(classes), threshold=opts.threshold, palette=opts.palette
-    )
+    read = opts.masks.reader(len(classes))
     patients = _patients(root, table["stem"])
     groups = np.where(patients.isna(), "\0" + table["stem"], patients.astype(str))
-    scan = functools.partial(_scan, table, root, read=read, opts=opts)
-    splits, labels, foreground, errors = _splits(table, split, scan, groups, opts)
+    splits, found = _splits(table, split, functools.partial(_scan, table, root, read, opts), groups, opts)
     meta = table[["stem", "path", "mask_path"]].assign(patient_id=patients)
-    if sizes is not None:
-        meta["object_size"] = table["stem"].map(sizes).astype(float)
-        meta["object_size_band"] = size_bands(meta["object_size"])
-    meta["foreground"] = foreground
+    sizes = table["stem"].map(sizes).astype(float) if sizes is not None else None
+    meta = mask_columns(meta, root.name, found.foreground, sizes)
     paths = [str(root / p) if p else "" for p in table["path"]]
-    rows = _PairRows(
-        root.name, meta, paths, labels, classes, "segmentation", splits, dict(sorted(errors.items())), "pair"
-    )
+    errors = dict(sorted(found.errors.items()))
+    rows = _PairRows(root.name, meta, paths, found.labels, classes, "segmentation", splits, errors, "pair")
     return rows, read
 
 
@@ -609,23 +372,15 @@ def _load(
         raise DataError(
             f"dataset folder {str(folder)!r} does not exist; check the path in the dataset address"
         )
-    if size is not None and opts.size is not None and size != opts.size:
-        logger.warning("size=%s overrides ?size=%s in %s", size, opts.size, address)
     rows, read = _rows(folder, split, opts)
-    base = _build(rows, split, str(address), opts, skip_bad or opts.skip_bad)
-    return SegmentationDataset(
-        name=str(address),
-        split=split,
-        classes=rows.classes,
-        n_channels=base.n_channels,
-        paths=base.paths,
+    base = build_split(rows, split, str(address), opts, skip_bad or opts.skip_bad)
+    return SegmentationDataset.wrap(
+        base,
         mask_paths=[str(folder / p) for p in base.metadata["mask_path"]],
-        labels=base.labels,
-        metadata=base.metadata,
         skipped=[(rows.table["stem"].iat[i], reason) for i, reason in base.skipped],
-        size=size if size is not None else opts.size,
-        interpolation=opts.interpolation,
         read=read,
+        opts=opts.masks,
+        size=size,
     )
 
 
