@@ -260,3 +260,27 @@ def test_all_parameters_but_the_mask_token_receive_gradients(family) -> None:
     (feats.embedding.sum() + feats.tokens.sum()).backward()
     without = [n for n, p in bb.named_parameters() if p.grad is None]
     assert all(n.endswith("mask_token") for n in without), without
+
+
+def test_levels_are_the_last_layers_through_the_final_norm(family) -> None:
+    """``forward_levels``: each layer's patch tokens through the final norm (DINOv2's rule); the last one is
+    ``forward_features``."""
+    name, model, folder = family
+    bb = create_backbone(FAMILIES[name][2], weights=str(folder), img_size=16).eval()
+    x = torch.randn(2, 3, 16, 24)
+    kwargs = {"interpolate_pos_encoding": True} if name == "siglip" else {}
+    with torch.no_grad():
+        levels, ref = bb.forward_levels(x, 2), bb.forward_features(x)
+        hidden = _vision(model)(pixel_values=x, output_hidden_states=True, **kwargs).hidden_states
+    assert bb.num_levels == 2 and [lv.grid for lv in levels] == [(4, 6), (4, 6)]
+    assert torch.equal(levels[-1].tokens, ref.tokens) and torch.equal(levels[-1].embedding, ref.embedding)
+    vision = _vision(bb.model)
+    norm = getattr(
+        getattr(vision, "vision_model", vision),
+        {"dinov3": "norm", "siglip": "post_layernorm"}.get(name, "layernorm"),
+    )
+    with torch.no_grad():
+        expected = norm(hidden[1][:, FAMILIES[name][1] :])
+    torch.testing.assert_close(levels[0].tokens, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="levels must be an integer from 1 to 2"):
+        bb.forward_levels(x, 3)

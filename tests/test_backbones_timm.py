@@ -315,3 +315,71 @@ def test_flat_tokens_of_a_hierarchical_model_get_their_grid():
                          img_size=(224, 160))  # fmt: skip
     f = bb.forward_features(torch.rand(1, 3, 224, 160))
     assert f.tokens.shape[1] == 35 and f.grid == (7, 5)
+
+
+# ------------------------------------------------------------------------------- multi-level features
+def _levels_of(address: str, hw: tuple[int, int], levels: int, chans: int = 1):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        bb = create_backbone(address, pretrained=False, img_size=hw, data_chans=chans).eval()
+    x = torch.rand(2, chans, *hw)
+    with torch.no_grad():
+        return bb, x, bb.forward_levels(x, levels), bb.forward_features(x)
+
+
+def _last_is_forward_features(levels, ref) -> None:
+    assert torch.equal(levels[-1].tokens, ref.tokens) and levels[-1].grid == ref.grid
+    assert torch.equal(levels[-1].embedding, ref.embedding)
+
+
+def test_vit_levels_are_the_last_blocks_normed_on_one_grid_without_prefix_tokens():
+    """The DINOv2 rule: each of the last blocks' patch tokens through the final norm; the last = forward_features."""
+    address = "timm:vit_small_patch14_reg4_dinov2?embed_dim=32&depth=5&num_heads=2"
+    bb, x, levels, ref = _levels_of(address, (28, 42), 4)
+    assert bb.num_levels == 5 and len(levels) == 4
+    assert [lv.grid for lv in levels] == [(2, 3)] * 4 and all(lv.tokens.shape == (2, 6, 32) for lv in levels)
+    _last_is_forward_features(levels, ref)
+    outputs = []  # what the blocks compute, taken from the model itself
+    hooks = [blk.register_forward_hook(lambda m, i, o: outputs.append(o)) for blk in bb.model.blocks]
+    with torch.no_grad():
+        bb.forward_features(x)
+    for h in hooks:
+        h.remove()
+    for i, (level, out) in enumerate(zip(levels, outputs[1:])):
+        expected = bb.model.norm(out)[:, 5:]  # 1 [CLS] + 4 registers dropped
+        torch.testing.assert_close(level.tokens, expected, atol=1e-5, rtol=1e-5)
+        if i < 3:  # an intermediate level's embedding: its mean token (the last one's: the model's own)
+            torch.testing.assert_close(level.embedding, expected.mean(1), atol=1e-5, rtol=1e-5)
+    one = bb.forward_levels(x, 1)
+    assert len(one) == 1 and torch.allclose(one[0].tokens, ref.tokens, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("family", "widths", "available"),
+    [("convnext", [8, 16, 32, 64], 4), ("resnet18", [64, 128, 256, 512], 5), ("sam2_hiera", [16, 32, 64, 128], 4)],
+)  # fmt: skip
+def test_hierarchical_levels_are_the_stages_at_strides_4_to_32(family, widths, available):
+    bb, _, levels, ref = _levels_of(TINY[family], (64, 96), 4)
+    assert bb.num_levels == available
+    assert [lv.grid for lv in levels] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    assert [lv.tokens.shape[-1] for lv in levels] == widths
+    assert all(lv.tokens.shape[1] == lv.grid[0] * lv.grid[1] for lv in levels)
+    _last_is_forward_features(levels, ref)
+    if available == 5:  # a ResNet's first level is its stride-2 stem
+        assert bb.forward_levels(torch.rand(1, 1, 64, 96), 5)[0].grid == (32, 48)
+
+
+def test_levels_out_of_range_and_sources_without_levels_are_config_errors():
+    from torch import nn
+
+    from medadapt.backbones.base import Backbone, BackboneSpec
+
+    bb, x, _, _ = _levels_of(TINY["convnext"], (64, 96), 1)
+    for bad in (0, 5, 2.0):
+        with pytest.raises(ConfigError, match="levels must be an integer from 1 to 4"):
+            bb.forward_levels(x, bad)
+    spec = BackboneSpec(
+        address="x:plain", source="x", num_features=4, input_size=(8, 8), mean=(0.0,), std=(1.0,)
+    )
+    with pytest.raises(ConfigError, match="no multi-level features; sources that have them: timm"):
+        Backbone(nn.Identity(), spec).forward_levels(x, 1)

@@ -163,3 +163,103 @@ def test_parallel_runs_needing_the_same_features_take_turns(setup, tmp_path):
     assert not errors and len(results) == 2
     np.testing.assert_array_equal(results[0].embeddings, results[1].embeddings)
     assert not list(tmp_path.glob("*.partial"))
+
+
+# ------------------------------------------------------------------------------- multi-level entries
+class CountingLevels(CountingForward):
+    def __init__(self, bb, fail_after: int | None = None):
+        super().__init__(bb, fail_after)
+        self.orig = type(bb).forward_levels.__get__(bb)
+
+    def __call__(self, x, levels):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise Killed
+        return self.orig(x, levels)
+
+
+def test_levels_are_written_memory_mapped_and_match_a_direct_forward(setup, tmp_path):
+    import json
+
+    bb, pre, ds = setup
+    fs = extract_features(bb, ds, pre, cache_dir=tmp_path, levels=2, batch_size=4, autocast=False)
+    x = pre(torch.from_numpy(ds.images))
+    with torch.inference_mode():
+        ref = bb.forward_levels(x, 2)
+    assert len(fs.levels) == 2 and [g for _, g in fs.levels] == [(2, 2), (2, 2)]
+    for (tokens, _), r in zip(fs.levels, ref):
+        assert isinstance(tokens, np.memmap) and tokens.dtype == np.float16 and tokens.shape == (10, 4, 32)
+        np.testing.assert_allclose(tokens, r.tokens.numpy(), atol=2e-3, rtol=2e-3)
+    assert fs.levels[-1][0] is fs.tokens and fs.grid == (2, 2)  # the last level is the tokens
+    np.testing.assert_allclose(fs.embeddings, ref[-1].embedding.numpy(), atol=1e-5)
+    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert sorted(p.name for p in entry.glob("tokens*.npy")) == ["tokens.npy", "tokens_l0.npy"]
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["levels"] == [{"file": "tokens_l0.npy", "grid": [2, 2], "shape": [10, 4, 32]},
+                              {"file": "tokens.npy", "grid": [2, 2], "shape": [10, 4, 32]}]  # fmt: skip
+
+
+def test_the_key_changes_only_when_levels_are_given(setup):
+    """Entries extracted before levels existed keep their keys: the key of levels=None is the old formula."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from medadapt import __version__
+
+    bb, pre, ds = setup
+    old = {"format": cache_mod._FORMAT, "version": __version__, "backbone": bb.spec.to_dict(),
+           "weights": cache_mod.state_digest(bb), "preprocess": dataclasses.asdict(pre),
+           "dataset": [ds.name, ds.split, len(ds), cache_mod._dataset_fingerprint(ds)], "autocast": True}  # fmt: skip
+    old_key = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    assert cache_mod.cache_key(bb, pre, ds, autocast=True) == old_key
+    assert cache_mod.cache_key(bb, pre, ds, autocast=True, levels=None) == old_key
+    keys = {cache_mod.cache_key(bb, pre, ds, autocast=True, levels=k) for k in (1, 2)}
+    assert len(keys) == 2 and old_key not in keys
+
+
+def test_an_entry_without_the_requested_levels_is_not_a_hit(setup, tmp_path, monkeypatch):
+    import json
+
+    bb, pre, ds = setup
+    plain = extract_features(bb, ds, pre, cache_dir=tmp_path, with_tokens=True, batch_size=4, autocast=False)
+    assert plain.levels is None
+    counter = CountingLevels(bb)
+    monkeypatch.setattr(bb, "forward_levels", counter)
+    first = extract_features(bb, ds, pre, cache_dir=tmp_path, levels=2, batch_size=4, autocast=False)
+    assert counter.calls > 0 and len(first.levels) == 2
+    calls = counter.calls
+    again = extract_features(bb, ds, pre, cache_dir=tmp_path, levels=2, batch_size=4, autocast=False)
+    assert counter.calls == calls and len(again.levels) == 2  # a hit
+    entry = tmp_path / cache_mod.cache_key(bb, pre, ds, autocast=False, levels=2)
+    meta = json.loads((entry / "meta.json").read_text())
+    assert cache_mod._open_entry(entry, need_tokens=True, need_levels=3) is None  # other levels: no hit
+    (entry / "meta.json").write_text(json.dumps({**meta, "levels": None}))
+    assert cache_mod._open_entry(entry, need_tokens=True, need_levels=2) is None
+    assert cache_mod._open_entry(entry, need_tokens=True) is not None
+
+
+def test_levels_resume_after_kill_matches_uninterrupted(setup, tmp_path, monkeypatch):
+    bb, pre, ds = setup
+    ref = extract_features(bb, ds, pre, cache_dir=tmp_path / "ref", levels=2, batch_size=2)
+    monkeypatch.setattr(cache_mod, "_SAVE_EVERY", 1)
+    monkeypatch.setattr(bb, "forward_levels", CountingLevels(bb, fail_after=3))  # shape probe + 2 batches
+    with pytest.raises(Killed):
+        extract_features(bb, ds, pre, cache_dir=tmp_path / "run", levels=2, batch_size=2)
+    counter = CountingLevels(bb)
+    monkeypatch.setattr(bb, "forward_levels", counter)
+    resumed = extract_features(bb, ds, pre, cache_dir=tmp_path / "run", levels=2, batch_size=2)
+    assert counter.calls == 1 + 3  # shape probe + the 3 batches not done before the kill
+    np.testing.assert_array_equal(resumed.embeddings, ref.embeddings)
+    for (a, ga), (b, gb) in zip(resumed.levels, ref.levels):
+        np.testing.assert_array_equal(a, b)
+        assert ga == gb
+
+
+def test_more_levels_than_the_backbone_has_is_a_config_error(setup, tmp_path):
+    from medadapt.errors import ConfigError
+
+    bb, pre, ds = setup
+    with pytest.raises(ConfigError, match="levels must be an integer from 1 to 2"):
+        extract_features(bb, ds, pre, cache_dir=tmp_path, levels=3)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]

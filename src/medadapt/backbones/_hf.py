@@ -8,6 +8,9 @@ vision tower of a text+vision checkpoint is built and loaded). Other ViT-like fa
 * Global embedding: the model's ``pooler_output`` for the families listed in ``_POOLER_FAMILIES`` (DINOv2/v3:
   [CLS] after the final layernorm; SigLIP: its attention-pooling head), else [CLS] or mean-pooled tokens.
 * Tokens: patch tokens only; the [CLS] and register tokens in front of them are dropped.
+* Multi-level features (``forward_levels``, for the ``multiscale`` segmentation head): the last layers'
+  hidden states (``output_hidden_states=True``), patch tokens only, each through the final norm; DINOv2
+  (with registers), DINOv3 and SigLIP (``_FINAL_NORMS``), other families raise a ConfigError.
 * Any input size: DINOv2 interpolates its position embeddings itself, SigLIP is called with
   ``interpolate_pos_encoding=True``, DINOv3 uses RoPE.
 * Mean/std come from the repo's ``preprocessor_config.json`` (read as JSON, so no image-processor
@@ -47,6 +50,13 @@ _HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _DEFAULT_STATS = {"siglip_vision_model": _HALF, "siglip2_vision_model": _HALF}
 #: Families whose ``pooler_output`` is the global embedding ([CLS] after the final norm, or SigLIP's head).
 _POOLER_FAMILIES = {"dinov2", "dinov2_with_registers", "dinov3_vit", "siglip_vision_model"}
+#: The final norm (on the vision tower) of the families whose layers ``forward_levels`` returns, by model_type.
+_FINAL_NORMS = {
+    "dinov2": "layernorm",
+    "dinov2_with_registers": "layernorm",
+    "dinov3_vit": "norm",
+    "siglip_vision_model": "post_layernorm",
+}
 #: Parameters a checkpoint may lack without harm (used only for masked-image-modelling pretraining).
 _BENIGN_MISSING = ("mask_token",)
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -78,7 +88,9 @@ class HFBackbone(Backbone):
         self._call_kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in params else {}
 
     def _forward_features(self, x: torch.Tensor) -> Features:
-        out = self.model(pixel_values=x, **self._call_kwargs)
+        return self._features(self.model(pixel_values=x, **self._call_kwargs), x)
+
+    def _features(self, out: Any, x: torch.Tensor) -> Features:
         hidden = out.last_hidden_state
         p = self.spec.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
@@ -90,6 +102,29 @@ class HFBackbone(Backbone):
         else:
             embedding = tokens.mean(1)
         return Features(embedding, tokens, grid)
+
+    @property
+    def num_levels(self) -> int | None:
+        """The transformer layers, for the families whose final norm is known (:data:`_FINAL_NORMS`)."""
+        return int(self.model.config.num_hidden_layers) if self._final_norm() is not None else None
+
+    def _final_norm(self) -> nn.Module | None:
+        name = _FINAL_NORMS.get(self.model.config.model_type)
+        core = getattr(self.model, "vision_model", self.model)
+        return getattr(core, name, None) if name else None
+
+    def _forward_levels(self, x: torch.Tensor, levels: int) -> list[Features]:
+        """``output_hidden_states=True``: the last ``levels`` layers' outputs, [CLS] and registers dropped, each
+        through the model's final norm (as DINOv2's multi-layer probes); the last is ``forward_features``."""
+        out = self.model(pixel_values=x, output_hidden_states=True, **self._call_kwargs)
+        last = self._features(out, x)
+        norm = self._final_norm()
+        n = last.grid[0] * last.grid[1]
+        levels_out = []
+        for hidden in out.hidden_states[-levels:-1] if levels > 1 else ():
+            tokens = norm(hidden[:, hidden.shape[1] - n :])
+            levels_out.append(Features(tokens.mean(1), tokens, last.grid))
+        return [*levels_out, last]
 
     def layer_groups(self) -> list[list[str]]:
         return groups_from_modules(self, _ordered_modules(self.model))

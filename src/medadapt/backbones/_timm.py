@@ -3,6 +3,12 @@
 Model code, pretrained configs, checkpoint conversion (including the official DINOv2 release format and
 position-embedding resampling) and parameter grouping all come from timm; this module only adapts them to
 the :class:`~medadapt.backbones.base.Backbone` contract.
+
+Multi-level features (``forward_levels``): one pass of timm's ``forward_intermediates`` with
+``intermediates_only=False``: the levels before the last are its intermediates (``output_fmt="NCHW"``,
+prefix tokens dropped, ``norm=True``: a ViT's final norm on every level, as DINOv2's multi-layer probes;
+hierarchical models apply no norm before their last stage, Hiera none at all), and the last level is its
+final output through the same code as ``forward_features``, so it equals ``forward_features`` exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ class TimmBackbone(Backbone):
         return int(self.model.num_features)  # forward_features' width (the embedding may be head_hidden_size)
 
     def _forward_features(self, x: torch.Tensor) -> Features:
-        feats = self.model.forward_features(x)
+        return self._features_of(self.model.forward_features(x), x)
+
+    def _features_of(self, feats: torch.Tensor, x: torch.Tensor) -> Features:
+        """Features of the model's final output ``feats`` (what ``forward_features`` returns) on input ``x``."""
         embedding = self.model.forward_head(feats, pre_logits=True)
         if feats.ndim == 4:  # CNN / hierarchical feature map
             if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
@@ -39,6 +48,50 @@ class TimmBackbone(Backbone):
             return Features(embedding, *tokens_from_map(feats)[1:])
         tokens = feats[:, getattr(self.model, "num_prefix_tokens", 0) :]
         return Features(embedding, tokens, _token_grid(self.model, x, tokens.shape[1]))
+
+    @property
+    def num_levels(self) -> int | None:
+        """The feature levels timm's ``forward_intermediates`` takes: blocks of a ViT, stages of a ConvNeXt /
+        Swin / Hiera, the stem + 4 stages of a ResNet (as ``feature_info`` lists them)."""
+        if not callable(getattr(self.model, "forward_intermediates", None)):
+            return None
+        info = getattr(self.model, "feature_info", None)
+        return len(info) if info else None
+
+    def _forward_levels(self, x: torch.Tensor, levels: int) -> list[Features]:
+        """One pass of timm's ``forward_intermediates``: the levels before the last come from its intermediates
+        (prefix tokens dropped; ViTs with the final norm applied, ``norm=True``, as DINOv2's multi-layer
+        probes; a model that cannot normalise its intermediates, e.g. Hiera, without), the last level from
+        its final output through the same code as :meth:`forward_features`, so it *is* that level."""
+        n = int(self.num_levels or 0)
+        if levels == 1:
+            return [self._forward_features(x)]
+        final, maps = self._intermediates(x, list(range(n - levels, n - 1)))
+        out = []
+        for m in maps:
+            if m.ndim == 4:
+                out.append(tokens_from_map(m))
+            else:  # NLC tokens of a model without an NCHW output format
+                out.append(Features(m.mean(1), m, _token_grid(self.model, x, m.shape[1])))
+        return [*out, self._features_of(final, x)]
+
+    def _intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        import inspect
+
+        params = inspect.signature(self.model.forward_intermediates).parameters
+        kwargs: dict = {"indices": indices, "intermediates_only": False}
+        if "output_fmt" in params:
+            kwargs["output_fmt"] = "NCHW"
+        if "stop_early" in params:  # Hiera stops early by default: the final output needs every block
+            kwargs["stop_early"] = False
+        if "norm" in params and getattr(self, "_norm_levels", True):
+            try:
+                return self.model.forward_intermediates(x, norm=True, **kwargs)
+            except AssertionError as e:  # timm's hiera_*, sam2_hiera_*: "normalization ... not supported"
+                if "norm" not in str(e):
+                    raise
+                self._norm_levels = False
+        return self.model.forward_intermediates(x, **kwargs)
 
     def layer_groups(self) -> list[list[str]]:
         from timm.models import group_parameters

@@ -6,6 +6,11 @@ A :class:`Backbone` wraps a model and exposes
   embedding ([CLS], the model's own pooled output, or mean-pooled tokens where there is no [CLS], as in
   SAM2/Hiera and CNNs) and the patch tokens / flattened last feature map in row-major order,
 * ``num_features`` (D),
+* ``forward_levels(x, levels) -> [Features, ...]``: the last ``levels`` levels (ViT blocks, or the stages
+  of a hierarchical backbone), input to output, each with its own tokens ``[B, N_i, D_i]`` and grid; the
+  last one is ``forward_features(x)`` itself. Sources that have them set ``num_levels`` and implement
+  ``_forward_levels`` (timm models with ``forward_intermediates``, open_clip towers on a timm trunk,
+  transformers DINOv2/DINOv3/SigLIP); the default raises a :class:`~medadapt.errors.ConfigError`,
 * ``layer_groups()``: parameter names (as in ``named_parameters()``) grouped and ordered from input to
   output (stem, blocks/stages, final norm), each parameter in exactly one group, for gradual unfreezing and
   layer-wise LR decay; sources with a module list build it with :func:`groups_from_modules`,
@@ -21,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from ..errors import ConfigError
 
 __all__ = ["Backbone", "BackboneSpec", "Features", "CHANNEL_MODES", "groups_from_modules", "tokens_from_map"]
 
@@ -89,6 +96,48 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).embedding
+
+    @property
+    def num_levels(self) -> int | None:
+        """How many levels :meth:`forward_levels` can return (blocks of a ViT, stages of a hierarchical
+        backbone); ``None`` where this source has no multi-level features."""
+        return None
+
+    def forward_levels(self, x: torch.Tensor, levels: int) -> list[Features]:
+        """The last ``levels`` levels of the model on ``x``, ordered from input to output.
+
+        Each is ``Features(embedding [B, D_i], tokens [B, N_i, D_i], grid_i)`` with patch tokens only (no
+        [CLS] / register tokens), row-major; the last element is what :meth:`forward_features` returns
+        (same tokens, grid and embedding). An intermediate level's embedding is the mean of its tokens.
+        How a source normalises the levels before the last is its own rule (timm and transformers ViTs:
+        the final norm on every level, as DINOv2's multi-layer probes do).
+
+        Example:
+            >>> bb = create_backbone("timm:resnet18", pretrained=False, img_size=64)  # doctest: +SKIP
+            >>> [f.grid for f in bb.forward_levels(torch.zeros(1, 3, 64, 64), 4)]  # doctest: +SKIP
+            [(16, 16), (8, 8), (4, 4), (2, 2)]
+        """
+        self.check_levels(levels)
+        return self._forward_levels(x, levels)
+
+    def check_levels(self, levels: int) -> None:
+        """Raise the :class:`~medadapt.errors.ConfigError` :meth:`forward_levels` would for ``levels``."""
+        available = self.num_levels
+        if available is None:
+            raise ConfigError(
+                f"{self.spec.address} ({self.spec.source} source) has no multi-level features; sources that "
+                "have them: timm models with forward_intermediates (ViTs, ConvNeXt, Swin, ResNet, Hiera, ...; "
+                "also open_clip towers on a timm trunk, as BiomedCLIP's) and hf DINOv2 / DINOv2-with-registers "
+                "/ DINOv3 / SigLIP ViTs. Use a one-level head (linear, decoder) with this backbone"
+            )
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= available:
+            raise ConfigError(
+                f"levels must be an integer from 1 to {available} (the blocks / stages of "
+                f"{self.spec.address}), got {levels!r}"
+            )
+
+    def _forward_levels(self, x: torch.Tensor, levels: int) -> list[Features]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def layer_groups(self) -> list[list[str]]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -89,10 +89,10 @@ def run_cell(
     kind = get_task(ctx.splits["train"].task).kind
     kinds = METHODS.meta(method).get("kinds", ("classification",))
     if kind not in kinds:
+        able = [m for m in METHODS if kind in METHODS.meta(m).get("kinds", ("classification",))]
         raise ConfigError(
             f"{cfg.dataset} is a {kind} dataset, and the {method!r} method runs {' and '.join(kinds)} tasks only; "
-            "segmentation heads and their training are not wired into the commands yet (medadapt.evaluation."
-            "segmentation scores saved masks)"
+            f"a {kind} dataset runs with: {', '.join(able) or 'no method yet'}"
         )
     return run(cfg, ctx, name=name, seed=seed, **extra)
 
@@ -187,29 +187,42 @@ def features_of(ds: MedicalDataset, extract: Callable[[MedicalDataset], FeatureS
 
 def _take(fs: FeatureSet, rows: np.ndarray) -> FeatureSet:
     tokens = None if fs.tokens is None else np.asarray(fs.tokens[rows])  # rows sorted: local memmap reads
-    return FeatureSet(embeddings=fs.embeddings[rows], labels=fs.labels[rows], tokens=tokens, grid=fs.grid)
+    levels = None
+    if fs.levels is not None:  # the last level is the tokens: read once
+        levels = [(tokens if t is fs.tokens else np.asarray(t[rows]), g) for t, g in fs.levels]
+    return FeatureSet(embeddings=fs.embeddings[rows], labels=fs.labels[rows], tokens=tokens, grid=fs.grid,
+                      levels=levels)  # fmt: skip
 
 
 def _concat(parts: list[FeatureSet]) -> FeatureSet:
     if len(parts) == 1:
         return parts[0]
     tokens = None if any(p.tokens is None for p in parts) else np.concatenate([p.tokens for p in parts])
+    levels = None
+    if all(p.levels is not None for p in parts):
+        levels = []
+        for i, (t, g) in enumerate(parts[0].levels):
+            last = t is parts[0].tokens and tokens is not None  # the last level is the tokens: joined once
+            levels.append((tokens if last else np.concatenate([p.levels[i][0] for p in parts]), g))
     return FeatureSet(embeddings=np.concatenate([p.embeddings for p in parts]),
-                      labels=np.concatenate([p.labels for p in parts]), tokens=tokens, grid=parts[0].grid)  # fmt: skip
+                      labels=np.concatenate([p.labels for p in parts]), tokens=tokens, grid=parts[0].grid,
+                      levels=levels)  # fmt: skip
 
 
 def extractor(cfg, backbone, preprocess, device, *, with_tokens: bool, show_progress: bool,
-              memo: dict | None = None, memo_key: Any = None) -> Callable[[MedicalDataset], FeatureSet]:  # fmt: skip
-    """``dataset -> FeatureSet`` through the feature cache (and ``memo``: a worker reads each once)."""
+              memo: dict | None = None, memo_key: Any = None,
+              levels: int | None = None) -> Callable[[MedicalDataset], FeatureSet]:  # fmt: skip
+    """``dataset -> FeatureSet`` through the feature cache (and ``memo``: a worker reads each once);
+    ``levels``: also the backbone's last ``levels`` levels (``FeatureSet.levels``, the multiscale head)."""
 
     def extract(ds: MedicalDataset) -> FeatureSet:
-        key = (memo_key, ds.name, ds.split, len(ds), with_tokens)
+        key = (memo_key, ds.name, ds.split, len(ds), with_tokens, levels)
         if memo is not None and memo_key is not None and key in memo:
             return memo[key]
         bar = tqdm(total=len(ds), desc=f"features {ds.split}", unit="img", disable=not show_progress)
         try:
             fs = extract_features(backbone, ds, preprocess, cache_dir=cfg.cache_dir, with_tokens=with_tokens,
-                                  batch_size=cfg.extract_batch_size, device=device, autocast=cfg.autocast,
+                                  levels=levels, batch_size=cfg.extract_batch_size, device=device, autocast=cfg.autocast,
                                   num_workers=cfg.num_workers, progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
         finally:
             bar.close()

@@ -2,13 +2,20 @@
 
 The backbone runs once per split into the feature cache (tokens included); a segmentation head per learning
 rate (:data:`medadapt.training.seg_probe.SEG_HEADS`: ``linear`` is BN + 1x1 convolution + bilinear
-upsampling, ``decoder`` a light progressive-upsampling decoder) trains on the tokens and the masks, and the
-best on validation Dice is scored on test: Dice, IoU (per image, and pooled over the dataset) and HD95
-(:mod:`medadapt.evaluation.segmentation`, with its stated rules for empty masks). The cell keeps its
-predicted masks (``predictions/{val,test}.npz``: ``labels`` the true masks, ``scores`` the predicted class
-maps, uint8), its history and ``figures/overlays_test.png`` (the best, median and worst test images by
-Dice, listed in its ``outputs.json`` for ``medadapt report``); a reloadable model file is not written for
-segmentation heads yet.
+upsampling, ``decoder`` a light progressive-upsampling decoder, ``multiscale`` a linear fusion of several
+levels) trains on the tokens and the masks, and the best on validation Dice is scored on test: Dice, IoU
+(per image, and pooled over the dataset) and HD95 (:mod:`medadapt.evaluation.segmentation`, with its stated
+rules for empty masks). The cell keeps its predicted masks (``predictions/{val,test}.npz``: ``labels`` the
+true masks, ``scores`` the predicted class maps, uint8), its history and ``figures/overlays_test.png`` (the
+best, median and worst test images by Dice, listed in its ``outputs.json`` for ``medadapt report``); a
+reloadable model file is not written for segmentation heads yet.
+
+``--head multiscale`` extracts several levels of the backbone (:meth:`~medadapt.backbones.base.Backbone.
+forward_levels`) into the cache: head option ``levels`` (``head_kwargs``, YAML ``head_kwargs: {levels: 4}``)
+says how many, the last ones; by default 4 (the last four blocks of a ViT, as DINOv2; the last four stages
+of a hierarchical backbone, i.e. strides 4/8/16/32 of a ConvNeXt, Swin or ResNet), or all of them where the
+backbone has fewer. An explicit ``levels`` above what the backbone has is a ConfigError. The other head
+options (``stride_out``, ``width``) go to the head.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluation.segmentation import segmentation_metrics
 from ..reporting.overlays import write_overlays
 from ..reporting.results import results_rows, write_json
@@ -35,7 +42,11 @@ from .base import (
     write_history,
 )
 
-__all__ = ["run_seg_probe", "SEG_METRICS"]
+__all__ = ["run_seg_probe", "SEG_METRICS", "DEFAULT_LEVELS"]
+
+#: Levels the multiscale head fuses unless head option ``levels`` says otherwise (fewer where a backbone has
+#: fewer): the last four blocks of a ViT (DINOv2's multi-layer probe), the four stages of a ConvNeXt / Swin.
+DEFAULT_LEVELS = 4
 
 #: The metrics a segmentation cell reports (``segmentation_metrics`` keys).
 SEG_METRICS = ("dice", "iou", "dice_pooled", "iou_pooled", "hd95")
@@ -54,14 +65,37 @@ def _masks(ds) -> np.ndarray:
     return np.stack(masks).astype(np.uint8)
 
 
+def _levels(value: Any, backbone) -> int:
+    """How many levels the multiscale head fuses (head option ``levels``; see the module docstring)."""
+    backbone.check_levels(1)  # a source without multi-level features: its ConfigError
+    available = backbone.num_levels
+    if value is None:
+        return min(DEFAULT_LEVELS, available)
+    try:
+        levels = int(value)
+    except (TypeError, ValueError):
+        levels = None
+    if levels is None or isinstance(value, bool) or str(levels) != str(value).strip() or levels < 1:
+        raise ConfigError(f"head option levels must be a positive integer, got {value!r}")
+    if levels > available:
+        raise ConfigError(
+            f"head option levels={levels}, but {backbone.spec.address} has {available} levels (blocks / stages); "
+            f"give levels <= {available}"
+        )
+    return levels
+
+
 def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, preprocess,
                   memo_key: Any) -> list[dict[str, Any]]:  # fmt: skip
     """One (head, seed) of a segmentation probe in ``ctx.run_dir``; its tidy rows (val, test, cost)."""
     t_start = time.perf_counter()
     reset_peak_memory(ctx.device)
     train = ctx.splits["train"]
+    head_kwargs, levels = dict(cfg.head_kwargs or {}), None
+    if cfg.head == "multiscale":
+        levels = _levels(head_kwargs.pop("levels", None), backbone)
     extract = extractor(cfg, backbone, preprocess, ctx.device, with_tokens=True, show_progress=ctx.show_progress,
-                        memo=ctx.memo, memo_key=memo_key)  # fmt: skip
+                        memo=ctx.memo, memo_key=memo_key, levels=levels)  # fmt: skip
     t0 = time.perf_counter()
     feats = {s: features_of(ds, extract) for s, ds in ctx.splits.items()}
     t_extract = time.perf_counter() - t0
@@ -71,7 +105,7 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
     result = train_seg_probe(feats["train"], feats["val"], masks["train"], masks["val"], num_classes=len(train.classes),
                              head=cfg.head, lrs=cfg.lrs, epochs=cfg.epochs, batch_size=cfg.batch_size,
                              weight_decay=cfg.weight_decay, seed=seed, device=ctx.device, autocast=cfg.autocast,
-                             head_kwargs=cfg.head_kwargs, progress=bar)  # fmt: skip
+                             head_kwargs=head_kwargs, progress=bar)  # fmt: skip
     t_train = time.perf_counter() - t0
     ids = probe_ids(cfg, ctx, name=name, seed=seed, backbone=backbone, best=result.best)
     rows: list[dict[str, Any]] = []

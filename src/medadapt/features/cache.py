@@ -7,6 +7,14 @@ never mapped into the process, so resident memory stays flat however large the t
 a ``progress.json`` every few batches, so a killed run resumes where it stopped; the directory is renamed
 into place only when complete (atomic), and an entry whose files do not match its ``meta.json`` is treated
 as corrupt and rebuilt.
+
+Multi-level entries (``levels=k``, for the ``multiscale`` segmentation head): one forward pass per batch
+through :meth:`~medadapt.backbones.base.Backbone.forward_levels` writes the ``k - 1`` levels before the last
+to ``tokens_l0.npy`` ... ``tokens_l{k-2}.npy`` (``[N, T_i, D_i]`` float16, input to output) and the last
+level to ``tokens.npy``, which is what ``forward_features`` gives (so the entry serves every one-level
+head too, and ``embeddings.npy`` is the usual embedding); ``meta.json`` lists each level's ``file``,
+``grid`` and ``shape`` under ``"levels"``. ``levels`` enters the cache key only when given, so entries
+without levels keep their keys.
 """
 
 from __future__ import annotations
@@ -67,8 +75,15 @@ def _dataset_fingerprint(dataset: MedicalDataset) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(backbone: Backbone, preprocess: Preprocess, dataset: MedicalDataset, *, autocast: bool) -> str:
-    parts = {
+def cache_key(
+    backbone: Backbone,
+    preprocess: Preprocess,
+    dataset: MedicalDataset,
+    *,
+    autocast: bool,
+    levels: int | None = None,
+) -> str:
+    parts: dict[str, Any] = {
         "format": _FORMAT,
         "version": __version__,
         "backbone": backbone.spec.to_dict(),
@@ -77,6 +92,8 @@ def cache_key(backbone: Backbone, preprocess: Preprocess, dataset: MedicalDatase
         "dataset": [dataset.name, dataset.split, len(dataset), _dataset_fingerprint(dataset)],
         "autocast": autocast,
     }
+    if levels is not None:  # only then: entries without levels keep the keys they had
+        parts["levels"] = levels
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -88,6 +105,7 @@ def extract_features(
     *,
     cache_dir: str | Path | None = None,
     with_tokens: bool = False,
+    levels: int | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     autocast: bool = True,
@@ -96,17 +114,23 @@ def extract_features(
 ) -> FeatureSet:
     """Frozen features of ``dataset`` (cached; see module doc). ``progress(done, total)`` is called per batch.
 
+    ``levels``: also the last ``levels`` levels of the backbone (:meth:`Backbone.forward_levels`) as
+    ``FeatureSet.levels``, memory-mapped (``tokens`` is then their last one, so ``with_tokens`` is implied).
+
     Example:
         >>> fs = extract_features(bb, ds, Preprocess(size=(64, 64), mean=bb.spec.mean, std=bb.spec.std))  # doctest: +SKIP
         >>> fs.embeddings.shape
         (546, 384)
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if levels is not None:
+        backbone.check_levels(levels)  # a ConfigError for a source without levels, or too many
+        with_tokens = True  # the last level is the tokens
     # the key records the precision the features are computed in, not the request: autocast is a no-op
     # without native bf16, so a CPU's float32 features and a GPU's bf16 ones never share an entry
-    key = cache_key(backbone, preprocess, dataset, autocast=runs_bf16(str(device), autocast))
+    key = cache_key(backbone, preprocess, dataset, autocast=runs_bf16(str(device), autocast), levels=levels)
     final = root / key
-    cached = _open_entry(final, need_tokens=with_tokens)
+    cached = _open_entry(final, need_tokens=with_tokens, need_levels=levels)
     if cached is not None:
         log.info("feature cache hit %s (%s %s)", key, dataset.name, dataset.split)
         return cached
@@ -114,15 +138,15 @@ def extract_features(
     # one writer per entry: runs in parallel (e.g. one per seed) that need the same features take turns,
     # and the later ones read what the first wrote (lock files are kept: removing one races a waiter)
     with exclusive_lock(root / ".locks" / key):
-        cached = _open_entry(final, need_tokens=with_tokens)
+        cached = _open_entry(final, need_tokens=with_tokens, need_levels=levels)
         if cached is not None:
             return cached
-        return _write_entry(root, key, backbone, dataset, preprocess, with_tokens=with_tokens,
+        return _write_entry(root, key, backbone, dataset, preprocess, with_tokens=with_tokens, levels=levels,
                             batch_size=batch_size, device=device, autocast=autocast, num_workers=num_workers,
                             progress=progress)  # fmt: skip
 
 
-def _write_entry(root: Path, key: str, backbone, dataset, preprocess, *, with_tokens, batch_size, device,
+def _write_entry(root: Path, key: str, backbone, dataset, preprocess, *, with_tokens, levels, batch_size, device,
                  autocast, num_workers, progress) -> FeatureSet:  # fmt: skip
     final = root / key
     _extract_into(
@@ -131,6 +155,7 @@ def _write_entry(root: Path, key: str, backbone, dataset, preprocess, *, with_to
         dataset,
         preprocess,
         with_tokens=with_tokens,
+        levels=levels,
         batch_size=batch_size,
         device=torch.device(device),
         autocast=autocast,
@@ -141,31 +166,50 @@ def _write_entry(root: Path, key: str, backbone, dataset, preprocess, *, with_to
     if final.exists():  # a corrupt or token-less entry being replaced
         shutil.rmtree(final)
     os.replace(root / f"{key}.partial", final)
-    entry = _open_entry(final, need_tokens=with_tokens)
+    entry = _open_entry(final, need_tokens=with_tokens, need_levels=levels)
     assert entry is not None, f"freshly written cache entry {final} does not validate"
     return entry
 
 
-def _open_entry(path: Path, *, need_tokens: bool) -> FeatureSet | None:
-    """The cached FeatureSet at ``path``, or None if absent, incomplete, corrupt or lacking tokens."""
+def _open_entry(path: Path, *, need_tokens: bool, need_levels: int | None = None) -> FeatureSet | None:
+    """The cached FeatureSet at ``path``, or None if absent, incomplete, corrupt or lacking tokens / levels."""
     try:
         meta = json.loads((path / "meta.json").read_text())
         emb = np.load(path / "embeddings.npy")
         labels = np.load(path / "labels.npy")
         tokens = np.load(path / "tokens.npy", mmap_mode="r") if meta["tokens"] else None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        levels = None
+        if meta.get("levels"):
+            levels = [
+                (
+                    tokens if lv["file"] == "tokens.npy" else np.load(path / lv["file"], mmap_mode="r"),
+                    tuple(lv["grid"]),
+                )
+                for lv in meta["levels"]
+            ]
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         if path.exists():
             log.warning("feature cache entry %s is incomplete or corrupt; rebuilding it", path)
         return None
     shapes_ok = list(emb.shape) == meta["embeddings_shape"] and len(labels) == meta["n"]
     if tokens is not None:
         shapes_ok = shapes_ok and list(tokens.shape) == meta["tokens_shape"]
+    if levels is not None:
+        shapes_ok = shapes_ok and all(
+            arr is not None
+            and list(arr.shape) == lv["shape"]
+            and arr.dtype == np.float16
+            and lv["grid"][0] * lv["grid"][1] == arr.shape[1]
+            for (arr, _), lv in zip(levels, meta["levels"])
+        )
     if not shapes_ok:
         log.warning("feature cache entry %s does not match its meta.json; rebuilding it", path)
         return None
     if need_tokens and tokens is None:
         return None
-    return FeatureSet(emb, labels, tokens, tuple(meta["grid"]) if meta.get("grid") else None)
+    if need_levels is not None and (levels is None or len(levels) != need_levels):
+        return None
+    return FeatureSet(emb, labels, tokens, tuple(meta["grid"]) if meta.get("grid") else None, levels=levels)
 
 
 def _extract_into(
@@ -175,6 +219,7 @@ def _extract_into(
     preprocess: Preprocess,
     *,
     with_tokens: bool,
+    levels: int | None = None,
     batch_size: int,
     device: torch.device,
     autocast: bool,
@@ -184,9 +229,9 @@ def _extract_into(
 ) -> None:
     n = len(dataset)
     backbone = backbone.eval().to(device)
-    grid, dims = _probe_shapes(backbone, dataset, preprocess, device)
+    grid, dims, level_shapes = _probe_shapes(backbone, dataset, preprocess, device, levels)
     d_emb, n_tok, d_tok = dims
-    done = _resume_point(work, meta, with_tokens)
+    done = _resume_point(work, meta, with_tokens, levels)
     work.mkdir(parents=True, exist_ok=True)
     if done:
         log.info("resuming feature extraction of %s %s at %d/%d", dataset.name, dataset.split, done, n)
@@ -201,21 +246,29 @@ def _extract_into(
         if with_tokens:
             shape = (n, n_tok, d_tok)
             tok = files.enter_context(_RowWriter(work / "tokens.npy", np.float16, shape, resume=bool(done)))
+        # the levels before the last (the last one is ``tok``)
+        lvl = [files.enter_context(_RowWriter(work / _level_file(i), np.float16, (n, t, d), resume=bool(done)))
+               for i, (_, (t, d)) in enumerate(level_shapes[:-1])]  # fmt: skip
+        writers = [w for w in (emb, tok, *lvl) if w is not None]
         with torch.inference_mode(), autocast_context(device, autocast):
             for step, batch in enumerate(loader):
                 x = preprocess(batch["image"].to(device, non_blocking=True))
-                feats = backbone.forward_features(x)
+                if levels is None:
+                    feats = backbone.forward_features(x)
+                else:
+                    *before, feats = backbone.forward_levels(x, levels)
+                    for writer, level in zip(lvl, before):
+                        writer.write(row, level.tokens.to(torch.float16).cpu().numpy())
                 emb.write(row, feats.embedding.float().cpu().numpy())
                 if tok is not None:
                     tok.write(row, feats.tokens.to(torch.float16).cpu().numpy())
                 row += x.shape[0]
                 if (step + 1) % _SAVE_EVERY == 0:
-                    _save_progress(work, meta, with_tokens, row, emb, tok)
+                    _save_progress(work, meta, with_tokens, levels, row, writers)
                 if progress is not None:
                     progress(row, n)
-        emb.flush()
-        if tok is not None:
-            tok.flush()
+        for writer in writers:
+            writer.flush()
     np.save(work / "labels.npy", dataset.labels)
     full = {
         **meta,
@@ -224,6 +277,15 @@ def _extract_into(
         "grid": list(grid),
         "embeddings_shape": [n, d_emb],
         "tokens_shape": [n, n_tok, d_tok] if with_tokens else None,
+        "levels": [
+            {
+                "file": _level_file(i) if i < len(level_shapes) - 1 else "tokens.npy",
+                "grid": list(g),
+                "shape": [n, t, d],
+            }
+            for i, (g, (t, d)) in enumerate(level_shapes)
+        ]
+        or None,
         "backbone_spec": backbone.spec.to_dict(),
         "preprocess": dataclasses.asdict(preprocess),
     }
@@ -269,14 +331,24 @@ class _RowWriter:
         self.file.close()
 
 
-def _probe_shapes(backbone, dataset, preprocess, device) -> tuple[tuple[int, int], tuple[int, int, int]]:
+def _level_file(i: int) -> str:
+    return f"tokens_l{i}.npy"
+
+
+def _probe_shapes(backbone, dataset, preprocess, device, levels: int | None = None):
+    """``(grid, (D_emb, T, D), [(grid_i, (T_i, D_i)) per level])`` of one image (no levels: ``[]``)."""
     with torch.inference_mode():
         x = preprocess(dataset[0]["image"][None].to(device))
-        f = backbone.forward_features(x)
-    return tuple(f.grid), (f.embedding.shape[1], f.tokens.shape[1], f.tokens.shape[2])
+        if levels is None:
+            f, shapes = backbone.forward_features(x), []
+        else:
+            feats = backbone.forward_levels(x, levels)
+            f = feats[-1]
+            shapes = [(tuple(g.grid), (g.tokens.shape[1], g.tokens.shape[2])) for g in feats]
+    return tuple(f.grid), (f.embedding.shape[1], f.tokens.shape[1], f.tokens.shape[2]), shapes
 
 
-def _resume_point(work: Path, meta: dict, with_tokens: bool) -> int:
+def _resume_point(work: Path, meta: dict, with_tokens: bool, levels: int | None = None) -> int:
     """Rows already extracted by a killed run with the same key (0 if none or unusable)."""
     try:
         state = json.loads((work / "progress.json").read_text())
@@ -284,18 +356,18 @@ def _resume_point(work: Path, meta: dict, with_tokens: bool) -> int:
         if work.exists():
             shutil.rmtree(work)
         return 0
-    if state.get("key") != meta["key"] or state.get("tokens") != with_tokens:
+    if state.get("key") != meta["key"] or state.get("tokens") != with_tokens or state.get("levels") != levels:
         shutil.rmtree(work)
         return 0
     return int(state["rows"])
 
 
 def _save_progress(
-    work: Path, meta: dict, with_tokens: bool, rows: int, emb: _RowWriter, tok: _RowWriter | None
+    work: Path, meta: dict, with_tokens: bool, levels: int | None, rows: int, writers: list[_RowWriter]
 ) -> None:
-    emb.flush()
-    if tok is not None:
-        tok.flush()
-    atomic_write(
-        work / "progress.json", json.dumps({"key": meta["key"], "tokens": with_tokens, "rows": rows})
-    )
+    for writer in writers:
+        writer.flush()
+    state = {"key": meta["key"], "tokens": with_tokens, "rows": rows}
+    if levels is not None:
+        state["levels"] = levels
+    atomic_write(work / "progress.json", json.dumps(state))

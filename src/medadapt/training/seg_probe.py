@@ -6,6 +6,10 @@ upsamples to the mask size (:mod:`medadapt.heads.segmentation`), and the task's 
 Dice) trains it. The head with the best validation Dice (mean over images of the foreground Dice) is kept,
 at its best evaluated epoch, as the classification probes keep the best AUC.
 
+The ``multiscale`` head trains on several levels of tokens instead (``FeatureSet.levels``: the last blocks of
+a ViT, or the stages of a hierarchical backbone, from ``extract_features(..., levels=k)``), its ``dims``
+taken from the levels' widths; batches read the same sorted rows of every level's memory map.
+
 Example:
     >>> res = train_seg_probe(train_fs, val_fs, train_masks, val_masks, num_classes=2)  # doctest: +SKIP
     >>> res.predict(test_fs, out_size=(224, 224)).shape  # doctest: +SKIP
@@ -35,8 +39,9 @@ __all__ = ["SegProbeResult", "train_seg_probe", "SEG_HEADS"]
 
 log = logging.getLogger(__name__)
 
-#: Heads a segmentation probe trains on one level of tokens (``multiscale`` needs several: not here yet).
-SEG_HEADS = ("linear", "decoder")
+#: Heads a segmentation probe trains: ``linear`` and ``decoder`` on the last level of tokens, ``multiscale``
+#: on several (``FeatureSet.levels``).
+SEG_HEADS = ("linear", "multiscale", "decoder")
 
 
 @dataclass
@@ -54,11 +59,15 @@ class SegProbeResult:
                 device: str | torch.device = "cpu") -> np.ndarray:  # fmt: skip
         """Class maps ``[N, H, W]`` (uint8) of the selected head at ``out_size``."""
         head = self.head.to(device).eval()
+        multiscale = getattr(head, "multiscale", False)
+        if multiscale:
+            _check_levels(fs, "predict", head.dims)
         out = []
         try:
             for start in range(0, len(fs), batch_size):
-                tokens = torch.from_numpy(np.array(fs.tokens[start : start + batch_size])).to(device)
-                out.append(head(tokens, fs.grid, tuple(out_size)).argmax(1).to(torch.uint8).cpu())
+                rows = slice(start, start + batch_size)
+                out.append(_apply(head, _inputs(fs, rows, device, multiscale), tuple(out_size)).argmax(1)
+                           .to(torch.uint8).cpu())  # fmt: skip
         finally:
             self.head.to("cpu")
         return torch.cat(out).numpy()
@@ -68,9 +77,7 @@ def _check(train: FeatureSet, val: FeatureSet, train_masks: np.ndarray, val_mask
            num_classes: int, lrs: Sequence[float], epochs: int, batch_size: int) -> None:  # fmt: skip
     if head not in SEG_HEADS:
         valid = [h for h in SEG_HEADS if h in SEGMENTATION_HEADS]
-        raise ConfigError(
-            f"segmentation head {head!r} cannot train on one level of cached tokens; choose one of {valid}"
-        )
+        raise ConfigError(f"segmentation head {head!r} cannot train on cached tokens; choose one of {valid}")
     if num_classes < 2:
         raise ConfigError(f"segmentation needs >= 2 classes (background + foreground), got {num_classes}")
     if not lrs or len(set(lrs)) != len(lrs):
@@ -78,7 +85,9 @@ def _check(train: FeatureSet, val: FeatureSet, train_masks: np.ndarray, val_mask
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
     for split, fs, masks in (("train", train, train_masks), ("val", val, val_masks)):
-        if fs.tokens is None or fs.grid is None:
+        if head == "multiscale":
+            _check_levels(fs, split, None if split == "train" else [t.shape[-1] for t, _ in train.levels])
+        elif fs.tokens is None or fs.grid is None:
             raise DataError(
                 f"{split} features hold no patch tokens: extract them with tokens for a segmentation probe"
             )
@@ -88,6 +97,38 @@ def _check(train: FeatureSet, val: FeatureSet, train_masks: np.ndarray, val_mask
             )
         if masks.max(initial=0) >= num_classes:
             raise DataError(f"{split} masks hold class {int(masks.max())}, outside the {num_classes} classes")
+
+
+def _check_levels(fs: FeatureSet, split: str, dims: Sequence[int] | None) -> None:
+    """``fs`` holds levels (of widths ``dims``, where given), else a DataError saying how to get them."""
+    if not fs.levels:
+        raise DataError(
+            f"{split} features hold no multi-level tokens, which the multiscale head needs: extract them with "
+            "extract_features(..., levels=k) (FeatureSet.levels; `medadapt probe --head multiscale` does, "
+            "with head option levels, default 4), or use the linear or decoder head on the last level's tokens"
+        )
+    got = [int(t.shape[-1]) for t, _ in fs.levels]
+    if dims is not None and got != [int(d) for d in dims]:
+        raise DataError(
+            f"{split} features hold {len(got)} levels of widths {got}, but the head is for {len(dims)} levels of "
+            f"widths {list(dims)}: extract every split with the same backbone and levels"
+        )
+
+
+def _inputs(fs: FeatureSet, rows: np.ndarray | slice, device, multiscale: bool) -> tuple:
+    """The head's inputs for ``rows`` (sorted, or a slice: sequential memmap reads) of ``fs``."""
+
+    def read(tokens: np.ndarray) -> torch.Tensor:  # a slice of a memmap is a read-only view: copied
+        block = tokens[rows]
+        return torch.from_numpy(np.array(block) if isinstance(rows, slice) else np.asarray(block)).to(device)
+
+    if multiscale:
+        return ([(read(t), g) for t, g in fs.levels],)
+    return read(fs.tokens), fs.grid
+
+
+def _apply(head: nn.Module, inputs: tuple, out_size: Sequence[int]) -> torch.Tensor:
+    return head(*inputs, out_size)
 
 
 def train_seg_probe(
@@ -109,15 +150,24 @@ def train_seg_probe(
     eval_every: int = 5,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> SegProbeResult:
-    """Train one ``head`` per learning rate on ``train``'s tokens and masks; keep the best on ``val`` (Dice)."""
+    """Train one ``head`` per learning rate on ``train``'s tokens and masks; keep the best on ``val`` (Dice).
+
+    ``head="multiscale"`` trains on ``train.levels`` (``dims``: their widths); ``head_kwargs`` go to the head
+    (e.g. ``stride_out``, ``width``)."""
     train_masks, val_masks = np.asarray(train_masks), np.asarray(val_masks)
     _check(train, val, train_masks, val_masks, head, num_classes, lrs, epochs, batch_size)
     task = get_task("segmentation")
-    dim = train.tokens.shape[-1]
+    multiscale = head == "multiscale"
+    dim: Any = [int(t.shape[-1]) for t, _ in train.levels] if multiscale else train.tokens.shape[-1]
+    head_kwargs = dict(head_kwargs or {})
+    if multiscale and "levels" in head_kwargs:  # how many levels were extracted: the features tell the head
+        levels = head_kwargs.pop("levels")
+        if str(levels) != str(len(dim)):
+            raise DataError(f"head option levels={levels!r}, but the features hold {len(dim)} levels")
     heads = nn.ModuleList()
     for _ in lrs:
         with seeded(seed):
-            heads.append(create_segmentation_head(head, dim, num_classes, **(head_kwargs or {})))
+            heads.append(create_segmentation_head(head, dim, num_classes, **head_kwargs))
     steps = math.ceil(len(train) / batch_size)
     opt, sched = _optimizer(heads.to(device), lrs, weight_decay, epochs * steps, 0)
     names = [f"lr={lr:g}" for lr in lrs]
@@ -126,12 +176,11 @@ def train_seg_probe(
     use_autocast = autocast and torch.device(device).type == "cuda"  # CPU: the casts cost more than they save
     with seeded(seed, device):
         for epoch in range(1, epochs + 1):
-            losses = _train_epoch(
-                heads, opt, sched, train, train_masks, task, batch_size, device, use_autocast, shuffle
-            )
+            losses = _train_epoch(heads, opt, sched, train, train_masks, task, batch_size, device, use_autocast,
+                                  shuffle, multiscale)  # fmt: skip
             record: dict[str, Any] = {"epoch": epoch, "train_loss": dict(zip(names, losses))}
             if epoch == epochs or epoch % max(1, eval_every) == 0:
-                dice = _evaluate(heads, val, val_masks, num_classes, batch_size, device)
+                dice = _evaluate(heads, val, val_masks, num_classes, batch_size, device, multiscale)
                 for k, (h, d) in enumerate(zip(heads, dice)):
                     if best[k][2] is None or d > best[k][0]:
                         best[k] = (d, epoch, {n: t.detach().cpu().clone() for n, t in h.state_dict().items()})
@@ -154,18 +203,18 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None):
 
 
 def _train_epoch(heads, opt, sched, fs: FeatureSet, masks: np.ndarray, task, batch_size: int, device,
-                 use_autocast: bool, generator: torch.Generator) -> list[float]:  # fmt: skip
+                 use_autocast: bool, generator: torch.Generator, multiscale: bool = False) -> list[float]:  # fmt: skip
     heads.train()
     totals, count = np.zeros(len(heads)), 0
     out_size = masks.shape[1:]
     for rows in _batches(len(fs), batch_size, generator):
         if len(rows) < 2:  # batch norm cannot train on one image
             continue
-        tokens = torch.from_numpy(np.asarray(fs.tokens[rows])).to(device)
+        inputs = _inputs(fs, rows, device, multiscale)
         target = torch.from_numpy(masks[rows].astype(np.int64)).to(device)
         opt.zero_grad(set_to_none=True)
         with autocast_context(device, use_autocast):
-            losses = [task.loss(h(tokens, fs.grid, out_size), target) for h in heads]
+            losses = [task.loss(_apply(h, inputs, out_size), target) for h in heads]
         torch.stack(losses).sum().backward()
         opt.step()
         sched.step()
@@ -175,17 +224,16 @@ def _train_epoch(heads, opt, sched, fs: FeatureSet, masks: np.ndarray, task, bat
 
 
 @torch.no_grad()
-def _evaluate(
-    heads, fs: FeatureSet, masks: np.ndarray, num_classes: int, batch_size: int, device
-) -> list[float]:
+def _evaluate(heads, fs: FeatureSet, masks: np.ndarray, num_classes: int, batch_size: int, device,
+              multiscale: bool = False) -> list[float]:  # fmt: skip
     """Mean over images of the per-image foreground Dice of every head (empty on empty counts as 1)."""
     from ..evaluation.segmentation import dice_per_image  # evaluation is a later stage: imported lazily
 
     heads.eval()
     preds: list[list[np.ndarray]] = [[] for _ in heads]
     for rows in _batches(len(fs), batch_size, None):
-        tokens = torch.from_numpy(np.asarray(fs.tokens[rows])).to(device)
+        inputs = _inputs(fs, rows, device, multiscale)
         for k, h in enumerate(heads):
-            preds[k].append(h(tokens, fs.grid, masks.shape[1:]).argmax(1).cpu().numpy())
+            preds[k].append(_apply(h, inputs, masks.shape[1:]).argmax(1).cpu().numpy())
     truth = masks.astype(np.int64)
     return [float(np.mean(dice_per_image(truth, np.concatenate(p), num_classes))) for p in preds]
