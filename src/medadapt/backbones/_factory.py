@@ -60,7 +60,7 @@ def _lazy_source(module: str) -> BackboneSource:
     return create
 
 
-for _name, _module in {"timm": "_timm", "hf": "_hf", "open_clip": "_open_clip"}.items():
+for _name, _module in {"timm": "_timm", "hf": "_hf", "open_clip": "_open_clip", "smp": "_smp"}.items():
     SOURCES.register(_name, _lazy_source(_module))
 
 
