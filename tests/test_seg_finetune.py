@@ -251,3 +251,45 @@ def test_a_grid_runs_segmentation_probe_and_finetune_cells_and_the_report_reads_
     assert len(test) == 6 and test["value"].between(0, 1).all()
     result = compare(load_sources([tmp_path / "out"]), n_resamples=100)
     assert result.options.metric == "dice" and len(result.summary) == 3
+
+
+def test_an_smp_unet_trains_through_its_native_decoder_under_scratch():
+    pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    bb = create_backbone("smp:unet?encoder=resnet18&encoder_depth=3&decoder_channels=[16,8,4]", pretrained=False,
+                         img_size=(32, 32), data_chans=1)  # fmt: skip
+    model = build_segmenter(bb, "native", 3)
+    groups = create_strategy("scratch").configure(model, lr=1e-3, weight_decay=0.0)
+    trained = {id(p) for g in groups for p in g["params"]}
+    out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    out.sum().backward()
+    # the whole network trains, except the encoder stages past encoder_depth=3, which the output never reads
+    assert trained == {id(p) for p in model.parameters() if p.grad is not None}
+    assert all(p.grad is not None for p in model.head.parameters())
+    assert {n.split(".")[2] for n, p in model.named_parameters() if id(p) not in trained} == {
+        "layer3",
+        "layer4",
+    }
+    with pytest.raises(ConfigError, match="needs a backbone with its own decoder"):
+        build_segmenter(create_backbone(VIT, pretrained=False, img_size=(32, 32), data_chans=1), "native", 2)
+
+
+def test_a_probe_cell_saves_a_segmenter_that_reloads_to_its_predictions(squares, tmp_path, monkeypatch):
+    from medadapt.cli import main
+    from medadapt.reporting.results import load_predictions
+    from medadapt.saved import load_classifier
+
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "p"
+    args = ["probe", "--dataset", squares, "--backbone", VIT, "--no-pretrained", "--head", "multiscale",
+            "--head-option", "levels=2", "--head-option", "stride_out=8", "--img-size", "32", "--lrs", "0.03",
+            "--epochs", "5", "--batch-size", "8", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    cell = out / "multiscale" / "seed0"
+    model, preprocess, info = load_classifier(cell)
+    assert isinstance(model, Segmenter) and model.levels == 2 and info.head_kwargs["levels"] == 2
+    again = predict(model, load_dataset(squares, "test"), preprocess=preprocess, autocast=False)
+    saved = load_predictions(cell / "predictions" / "test.npz")["scores"]
+    # the probe read float16 cached tokens; the reloaded model recomputes them in float32
+    assert (again == saved).mean() > 0.99

@@ -171,7 +171,7 @@ def test_stride_out_sets_the_fusion_grid(stride_out, fused):
 
 def test_multiscale_levels_option_defaults_to_four_or_what_the_backbone_has():
     from medadapt.backbones import create_backbone
-    from medadapt.driver.seg_probe import _levels
+    from medadapt.strategies.model import resolve_levels as _levels
 
     vit = create_backbone("timm:vit_small_patch14_dinov2?embed_dim=32&depth=6&num_heads=2", pretrained=False,
                           img_size=28)  # fmt: skip

@@ -7,8 +7,10 @@ levels) trains on the tokens and the masks, and the best on validation Dice is s
 (per image, and pooled over the dataset) and HD95 (:mod:`medadapt.evaluation.segmentation`, with its stated
 rules for empty masks). The cell keeps its predicted masks (``predictions/{val,test}.npz``: ``labels`` the
 true masks, ``scores`` the predicted class maps, uint8), its history and ``figures/overlays_test.png`` (the
-best, median and worst test images by Dice, listed in its ``outputs.json`` for ``medadapt report``); a
-reloadable model file is not written for segmentation heads yet.
+best, median and worst test images by Dice, listed in its ``outputs.json`` for ``medadapt report``) and
+its model (``model.json`` + ``model.safetensors``: the head alone over a hub or file backbone, else every
+weight), which :func:`medadapt.saved.load_classifier` rebuilds as a
+:class:`~medadapt.strategies.model.Segmenter`.
 
 ``--head multiscale`` extracts several levels of the backbone (:meth:`~medadapt.backbones.base.Backbone.
 forward_levels`) into the cache: head option ``levels`` (``head_kwargs``, YAML ``head_kwargs: {levels: 4}``)
@@ -20,16 +22,12 @@ options (``stride_out``, ``width``) go to the head.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-import numpy as np
-
-from ..errors import ConfigError, DataError
-from ..evaluation.segmentation import segmentation_metrics
-from ..reporting.overlays import write_overlays
-from ..reporting.results import results_rows, write_json
+from ..reporting.results import results_rows
+from ..saved import save_classifier
+from ..strategies.model import Segmenter, resolve_levels
 from ..training.loop import peak_memory, reset_peak_memory
 from ..training.seg_probe import train_seg_probe
 from .base import (
@@ -37,54 +35,18 @@ from .base import (
     epoch_bar,
     extractor,
     features_of,
+    model_info,
     probe_ids,
     save_split_predictions,
     write_history,
 )
+from .seg_outputs import SEG_METRICS, seg_scores, split_masks, write_test_overlays
 
-__all__ = ["run_seg_probe", "SEG_METRICS", "DEFAULT_LEVELS"]
+__all__ = ["run_seg_probe", "SEG_METRICS"]
+
 
 #: Levels the multiscale head fuses unless head option ``levels`` says otherwise (fewer where a backbone has
 #: fewer): the last four blocks of a ViT (DINOv2's multi-layer probe), the four stages of a ConvNeXt / Swin.
-DEFAULT_LEVELS = 4
-
-#: The metrics a segmentation cell reports (``segmentation_metrics`` keys).
-SEG_METRICS = ("dice", "iou", "dice_pooled", "iou_pooled", "hd95")
-
-log = logging.getLogger(__name__)
-
-
-def _masks(ds) -> np.ndarray:
-    masks = [ds.mask(i).numpy() for i in range(len(ds))]
-    shapes = {m.shape for m in masks}
-    if len(shapes) > 1:
-        raise DataError(
-            f"{ds.name} {ds.split}: masks come in {len(shapes)} sizes (e.g. {sorted(shapes)[:3]}); give the dataset "
-            "one size (--size 224, or ?size=224 in its address), so that masks and predictions align"
-        )
-    return np.stack(masks).astype(np.uint8)
-
-
-def _levels(value: Any, backbone) -> int:
-    """How many levels the multiscale head fuses (head option ``levels``; see the module docstring)."""
-    backbone.check_levels(1)  # a source without multi-level features: its ConfigError
-    available = backbone.num_levels
-    if value is None:
-        return min(DEFAULT_LEVELS, available)
-    try:
-        levels = int(value)
-    except (TypeError, ValueError):
-        levels = None
-    if levels is None or isinstance(value, bool) or str(levels) != str(value).strip() or levels < 1:
-        raise ConfigError(f"head option levels must be a positive integer, got {value!r}")
-    if levels > available:
-        raise ConfigError(
-            f"head option levels={levels}, but {backbone.spec.address} has {available} levels (blocks / stages); "
-            f"give levels <= {available}"
-        )
-    return levels
-
-
 def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, preprocess,
                   memo_key: Any) -> list[dict[str, Any]]:  # fmt: skip
     """One (head, seed) of a segmentation probe in ``ctx.run_dir``; its tidy rows (val, test, cost)."""
@@ -93,13 +55,13 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
     train = ctx.splits["train"]
     head_kwargs, levels = dict(cfg.head_kwargs or {}), None
     if cfg.head == "multiscale":
-        levels = _levels(head_kwargs.pop("levels", None), backbone)
+        levels = resolve_levels(head_kwargs.pop("levels", None), backbone)
     extract = extractor(cfg, backbone, preprocess, ctx.device, with_tokens=True, show_progress=ctx.show_progress,
                         memo=ctx.memo, memo_key=memo_key, levels=levels)  # fmt: skip
     t0 = time.perf_counter()
     feats = {s: features_of(ds, extract) for s, ds in ctx.splits.items()}
     t_extract = time.perf_counter() - t0
-    masks = {s: _masks(ds) for s, ds in ctx.splits.items()}
+    masks = {s: split_masks(ds) for s, ds in ctx.splits.items()}
     t0 = time.perf_counter()
     bar = epoch_bar(cfg.epochs, f"{cfg.head} segmentation probe (seed {seed})") if ctx.show_progress else None
     result = train_seg_probe(feats["train"], feats["val"], masks["train"], masks["val"], num_classes=len(train.classes),
@@ -116,10 +78,15 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
         )
         save_split_predictions(ctx.run_dir, split, ctx.splits[split], truth, pred)
         if split == "test":
-            _write_overlays(ctx, truth, pred, len(train.classes))
-        scores = segmentation_metrics(truth.astype(np.int64), pred.astype(np.int64), len(train.classes))
-        rows += results_rows(metrics={k: scores[k] for k in SEG_METRICS}, split=split, **ids)
+            write_test_overlays(ctx, truth, pred, len(train.classes))
+        rows += results_rows(metrics=seg_scores(truth, pred, len(train.classes)), split=split, **ids)
     write_history(ctx.run_dir, _history(result))
+    model = Segmenter(backbone, result.head, levels=levels)  # reloadable (medadapt.saved.load_classifier)
+    kwargs = {**head_kwargs, **({"levels": levels} if levels is not None else {})}
+    info = model_info(cfg, model, train, preprocess, img_size=ctx.img_size, seed=seed, strategy="frozen",
+                      stored="head" if backbone.spec.pretrained else "model")  # fmt: skip
+    info.head_kwargs = kwargs
+    save_classifier(ctx.run_dir, model, info)
     head_params = sum(p.numel() for p in result.head.parameters())
     cost = {
         "backbone_params": sum(p.numel() for p in backbone.parameters()),
@@ -131,20 +98,6 @@ def run_seg_probe(cfg, ctx: CellContext, *, name: str, seed: int, backbone, prep
         "wall_seconds": time.perf_counter() - t_start,
     }
     return rows + results_rows(metrics=cost, split="cost", **ids)
-
-
-def _write_overlays(ctx: CellContext, truth: np.ndarray, pred: np.ndarray, n_classes: int) -> None:
-    """``figures/overlays_test.png`` (best, median and worst test images by Dice), listed in the cell's
-    ``outputs.json`` for the report; skipped, with a warning, without matplotlib (the ``plots`` extra)."""
-    stem = ctx.run_dir / "figures" / "overlays_test"
-    try:
-        paths = write_overlays(ctx.splits["test"], truth, pred, stem, n_classes=n_classes)
-    except ImportError as e:  # MissingDependencyError
-        log.warning("overlay figure skipped: %s", e)
-        return
-    write_json(
-        {"figures": [p.relative_to(ctx.run_dir).as_posix() for p in paths]}, ctx.run_dir / "outputs.json"
-    )
 
 
 def _history(result) -> list[dict[str, Any]]:

@@ -4,13 +4,24 @@ strategy trains either."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from ..backbones.base import Backbone
 from ..heads import create_head
 
-__all__ = ["Classifier", "Segmenter", "build_classifier", "build_segmenter", "build_model", "NATIVE_HEAD"]
+__all__ = [
+    "Classifier",
+    "Segmenter",
+    "build_classifier",
+    "build_segmenter",
+    "build_model",
+    "resolve_levels",
+    "NATIVE_HEAD",
+    "DEFAULT_LEVELS",
+]
 
 #: The head name of a backbone that brings its own decoder (``smp:`` U-Net, SegFormer, ...).
 NATIVE_HEAD = "native"
@@ -95,8 +106,8 @@ class Segmenter(nn.Module):
 def build_segmenter(backbone: Backbone, head: str, num_classes: int, **head_kwargs) -> Segmenter:
     """A trainable segmenter: ``head`` is a segmentation head (``linear``, ``multiscale``, ``decoder``; see
     :mod:`medadapt.heads.segmentation`) on the backbone's tokens, or ``native``, the decoder a backbone such
-    as an ``smp:`` model brings. ``multiscale`` takes ``levels`` (default 4: the last four blocks of a ViT,
-    or the last four stages) and reads each level's width from one forward pass of a blank image.
+    as an ``smp:`` model brings. ``multiscale`` takes ``levels`` (:func:`resolve_levels`) and reads each
+    level's width from one forward pass of a blank image.
     """
     from ..errors import ConfigError
     from ..heads.segmentation import SEGMENTATION_HEADS, create_segmentation_head
@@ -118,9 +129,38 @@ def build_segmenter(backbone: Backbone, head: str, num_classes: int, **head_kwar
     dim: int | list[int] = backbone.token_dim
     if getattr(SEGMENTATION_HEADS.get(head), "multiscale", False):
         head_kwargs = dict(head_kwargs)
-        levels = int(head_kwargs.pop("levels", 4))
+        levels = resolve_levels(head_kwargs.pop("levels", None), backbone)
         dim = _level_widths(backbone, levels)
     return Segmenter(backbone, create_segmentation_head(head, dim, num_classes, **head_kwargs), levels=levels)
+
+
+#: Levels a ``multiscale`` head fuses by default: the last four blocks of a ViT (as DINOv2), the last four
+#: stages of a hierarchical backbone (strides 4/8/16/32 of a ConvNeXt, Swin or ResNet).
+DEFAULT_LEVELS = 4
+
+
+def resolve_levels(value: Any, backbone: Backbone) -> int:
+    """How many levels a ``multiscale`` head fuses: head option ``levels`` (``None``: :data:`DEFAULT_LEVELS`,
+    or all of them where the backbone has fewer); more than the backbone has, or a backbone without
+    levels, is a :class:`~medadapt.errors.ConfigError`."""
+    from ..errors import ConfigError
+
+    backbone.check_levels(1)  # a source without multi-level features: its ConfigError
+    available = backbone.num_levels
+    if value is None:
+        return min(DEFAULT_LEVELS, available)
+    try:
+        levels = int(value)
+    except (TypeError, ValueError):
+        levels = None
+    if levels is None or isinstance(value, bool) or str(levels) != str(value).strip() or levels < 1:
+        raise ConfigError(f"head option levels must be a positive integer, got {value!r}")
+    if levels > available:
+        raise ConfigError(
+            f"head option levels={levels}, but {backbone.spec.address} has {available} levels (blocks / stages); "
+            f"give levels <= {available}"
+        )
+    return levels
 
 
 def _level_widths(backbone: Backbone, levels: int) -> list[int]:
