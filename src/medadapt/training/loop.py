@@ -1,11 +1,16 @@
-"""Train a classifier with a strategy: one readable loop, checkpointed every epoch, resumable bit for bit.
+"""Train a classifier or a segmenter with a strategy: one readable loop, checkpointed every epoch, resumable
+bit for bit.
 
 :func:`fit` runs, per epoch: ``strategy.on_epoch_start`` → one pass over the shuffled training set (batches
 preprocessed and augmented on the device, bf16 autocast where native, optional class weights and gradient
 clipping, the LR scheduler stepped after every optimizer step) → one evaluation on the validation set
-(AUC and loss; never on train or test) → a history record → an atomic checkpoint → the early-stopping
-check. The weights with the best validation AUC (ties: lower validation loss) are restored at the end;
-the caller evaluates the test set once, with :func:`predict`.
+(the task's metric and loss: AUC, or Dice for segmentation; never on train or test) → a history record →
+an atomic checkpoint → the early-stopping check. The weights with the best validation metric (ties: lower
+validation loss) are restored at the end; the caller evaluates the test set once, with :func:`predict`.
+
+The task (:mod:`medadapt.tasks`) says what a batch's targets are (``label``, or a segmentation ``mask``,
+which the augmentation moves with its image), how logits meet them (segmentation logits are resized to the
+masks' size) and which metric selects.
 
 Reproducibility: every random draw of epoch ``e`` (batch order, augmentation, dropout and other model
 randomness, anything the strategy hook draws) comes from seeds derived from ``(cfg.seed, e)``, inside a
@@ -83,8 +88,8 @@ class FitResult:
     """The trained model (selected weights loaded, eval mode, on the training device) and what training saw.
 
     ``state`` is a CPU copy of the selected weights; ``history`` has one dict per epoch (``epoch``, ``lr``
-    per param group, ``trainable_params``, ``train_loss`` and, on evaluated epochs, ``val_auc`` and
-    ``val_loss``); ``cost`` has ``total_params``, ``trainable_params`` (the most during training, e.g.
+    per param group, ``trainable_params``, ``train_loss`` and, on evaluated epochs, ``metric`` (``val_auc``,
+    or ``val_dice``) and ``val_loss``); ``cost`` has ``total_params``, ``trainable_params`` (the most during training, e.g.
     after the last unfreezing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on a GPU, else
     the process's peak resident memory during this fit on Linux, including what the process already held
     (data, models), and the process's all-time peak elsewhere; a resumed run reports the largest peak of
