@@ -27,15 +27,24 @@ log = logging.getLogger(__name__)
 
 
 def split_masks(ds: MedicalDataset) -> np.ndarray:
-    """The masks of ``ds`` as one ``[N, H, W]`` uint8 array; masks of several sizes are a clear error."""
-    masks = [ds.mask(i).numpy() for i in range(len(ds))]
-    shapes = {m.shape for m in masks}
-    if len(shapes) > 1:
-        raise DataError(
-            f"{ds.name} {ds.split}: masks come in {len(shapes)} sizes (e.g. {sorted(shapes)[:3]}); give the dataset "
-            "one size (--size 224, or ?size=224 in its address), so that masks and predictions align"
-        )
-    return np.stack(masks).astype(np.uint8)
+    """The masks of ``ds`` as one ``[N, H, W]`` uint8 array, filled one mask at a time (one byte per pixel
+    held, never the int64 masks of the whole split); masks of several sizes are a clear error."""
+    out: np.ndarray | None = None
+    for i in range(len(ds)):
+        mask = ds.mask(i).numpy()
+        if out is None:
+            out = np.empty((len(ds), *mask.shape), np.uint8)
+        if mask.shape != out.shape[1:]:
+            raise DataError(
+                f"{ds.name} {ds.split}: masks come in several sizes (e.g. {out.shape[1:]} and {mask.shape}); give the "
+                "dataset one size (--size 224, or ?size=224 in its address), so that masks and predictions align"
+            )
+        if mask.size and int(mask.max()) > 255:
+            raise DataError(
+                f"{ds.name} {ds.split}: mask {i} holds class {int(mask.max())}; at most 256 classes"
+            )
+        out[i] = mask
+    return out if out is not None else np.zeros((0, 0, 0), np.uint8)
 
 
 def seg_scores(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:

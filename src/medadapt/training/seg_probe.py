@@ -230,10 +230,11 @@ def _evaluate(heads, fs: FeatureSet, masks: np.ndarray, num_classes: int, batch_
     from ..evaluation.segmentation import dice_per_image  # evaluation is a later stage: imported lazily
 
     heads.eval()
-    preds: list[list[np.ndarray]] = [[] for _ in heads]
-    for rows in _batches(len(fs), batch_size, None):
+    dice: list[list[np.ndarray]] = [[] for _ in heads]
+    for rows in _batches(len(fs), batch_size, None):  # per batch: memory does not grow with the split
         inputs = _inputs(fs, rows, device, multiscale)
+        truth = masks[rows].astype(np.int64)
         for k, h in enumerate(heads):
-            preds[k].append(_apply(h, inputs, masks.shape[1:]).argmax(1).cpu().numpy())
-    truth = masks.astype(np.int64)
-    return [float(np.mean(dice_per_image(truth, np.concatenate(p), num_classes))) for p in preds]
+            pred = _apply(h, inputs, masks.shape[1:]).argmax(1).cpu().numpy()
+            dice[k].append(dice_per_image(truth, pred, num_classes))
+    return [float(np.mean(np.concatenate(d))) for d in dice]
