@@ -38,6 +38,8 @@ __all__ = [
     "loss_fn",
     "to_scores",
     "lr_factor",
+    "head_optimizer",
+    "row_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ def train_probe(
         for h in heads:
             h.standardize_with(train.embeddings)
     steps = math.ceil(len(x_train) / batch_size)
-    opt, sched = _optimizer(heads.to(device), lrs, weight_decay, epochs * steps, warmup_epochs * steps)
+    opt, sched = head_optimizer(heads.to(device), lrs, weight_decay, epochs * steps, warmup_epochs * steps)
     names = [f"lr={lr:g}" for lr in lrs]
     shuffle = torch.Generator().manual_seed(seed)
     best = [_Best() for _ in heads]
@@ -255,7 +257,7 @@ def _build_heads(
     return nn.ModuleList(heads)
 
 
-def _optimizer(
+def head_optimizer(
     heads: nn.ModuleList, lrs: Sequence[float], weight_decay: float, total_steps: int, warmup_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with one param group per head (its own LR) and a per-step warm-up + cosine schedule."""
@@ -279,7 +281,7 @@ def _train_epoch(
     heads.train()
     criterion = loss_fn(run.task)
     total = torch.zeros(len(heads), device=run.device)
-    for idx in _batches(len(x), run.batch_size, generator):
+    for idx in row_batches(len(x), run.batch_size, generator):
         xb, yb = _rows(x, idx, run.device), _rows(labels, idx, run.device)
         with autocast_context(run.device, run.autocast):
             logits = [h(xb) for h in heads]
@@ -310,14 +312,14 @@ def _predict(
     """Outputs ``[H, N, C]`` (float32, CPU) of every head, in row order."""
     heads.eval()
     outs = []
-    for idx in _batches(len(x), batch_size):
+    for idx in row_batches(len(x), batch_size):
         xb = _rows(x, idx, device)
         with autocast_context(device, autocast):
             outs.append(torch.stack([h(xb).float() for h in heads]).cpu())
     return torch.cat(outs, dim=1)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
+def row_batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
     """Index batches (shuffled when ``generator`` is given), each sorted so memmap reads stay local."""
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     for start in range(0, n, batch_size):

@@ -33,7 +33,7 @@ from ..errors import ConfigError, DataError
 from ..features.featureset import FeatureSet
 from ..heads.segmentation import SEGMENTATION_HEADS, create_segmentation_head
 from ..tasks import get_task
-from .probe import DEFAULT_LRS, _optimizer
+from .probe import DEFAULT_LRS, head_optimizer, row_batches
 
 __all__ = ["SegProbeResult", "train_seg_probe", "SEG_HEADS"]
 
@@ -169,7 +169,7 @@ def train_seg_probe(
         with seeded(seed):
             heads.append(create_segmentation_head(head, dim, num_classes, **head_kwargs))
     steps = math.ceil(len(train) / batch_size)
-    opt, sched = _optimizer(heads.to(device), lrs, weight_decay, epochs * steps, 0)
+    opt, sched = head_optimizer(heads.to(device), lrs, weight_decay, epochs * steps, 0)
     names = [f"lr={lr:g}" for lr in lrs]
     best: list[tuple[float, int, dict[str, torch.Tensor] | None]] = [(-math.inf, 0, None) for _ in heads]
     shuffle, history = torch.Generator().manual_seed(seed), []
@@ -196,18 +196,12 @@ def train_seg_probe(
                           val_dice_by_setting={n: b[0] for n, b in zip(names, best)}, history=history)  # fmt: skip
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None):
-    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
-    for start in range(0, n, batch_size):
-        yield np.sort(order[start : start + batch_size])  # sorted rows: sequential memmap reads
-
-
 def _train_epoch(heads, opt, sched, fs: FeatureSet, masks: np.ndarray, task, batch_size: int, device,
                  use_autocast: bool, generator: torch.Generator, multiscale: bool = False) -> list[float]:  # fmt: skip
     heads.train()
     totals, count = np.zeros(len(heads)), 0
     out_size = masks.shape[1:]
-    for rows in _batches(len(fs), batch_size, generator):
+    for rows in row_batches(len(fs), batch_size, generator):
         if len(rows) < 2:  # batch norm cannot train on one image
             continue
         inputs = _inputs(fs, rows, device, multiscale)
@@ -231,7 +225,7 @@ def _evaluate(heads, fs: FeatureSet, masks: np.ndarray, num_classes: int, batch_
 
     heads.eval()
     dice: list[list[np.ndarray]] = [[] for _ in heads]
-    for rows in _batches(len(fs), batch_size, None):  # per batch: memory does not grow with the split
+    for rows in row_batches(len(fs), batch_size, None):  # per batch: memory does not grow with the split
         inputs = _inputs(fs, rows, device, multiscale)
         truth = masks[rows].astype(np.int64)
         for k, h in enumerate(heads):
