@@ -10,7 +10,7 @@ through the backbone as well, and select on val AUC.
 
 Like-for-like: both sides use the same data, backbone, batch size, seed, LR grid, epochs, evaluation epochs
 (``--eval-every``), and medadapt's own head init (``_build_heads``), loss (``loss_fn``), AdamW + per-step
-cosine schedule (``_optimizer``), seeded batch order (``_batches``), val metric and best-epoch/LR
+cosine schedule (``head_optimizer``), seeded batch order (``row_batches``), val metric and best-epoch/LR
 selection (``_Best``), so only the data path differs. With ``--standardize`` (train_probe's default) the
 naive side computes the train statistics with one extra backbone pass, shared by all LRs.
 
@@ -45,7 +45,7 @@ from medadapt.features import extract_features
 from medadapt.training import DEFAULT_LRS, loss_fn, to_scores, train_probe
 
 # train_probe's private helpers, reused so that the naive loop differs from it only in the data path
-from medadapt.training.probe import _batches, _Best, _build_heads, _optimizer, _selection_key
+from medadapt.training.probe import _Best, _build_heads, _selection_key, head_optimizer, row_batches
 
 SPEEDUP_TARGET = 50.0
 AUC_TOLERANCE = 0.005
@@ -168,7 +168,7 @@ def naive_one_lr(
     if train_stats is not None:
         heads[0].standardize_with(train_stats)
     steps = math.ceil(len(train) / args.batch_size)
-    opt, sched = _optimizer(
+    opt, sched = head_optimizer(
         heads.to(device), [lr], args.weight_decay, args.epochs * steps, args.warmup_epochs * steps
     )
     criterion, shuffle, best, forwards = loss_fn(task), torch.Generator().manual_seed(args.seed), _Best(), 0
@@ -176,7 +176,7 @@ def naive_one_lr(
     with seeded(args.seed, device):
         for epoch in range(1, args.epochs + 1):
             heads.train()
-            order = list(_batches(len(train), args.batch_size, shuffle))  # train_probe's batch order
+            order = list(row_batches(len(train), args.batch_size, shuffle))  # train_probe's batch order
             for batch in DataLoader(train, batch_sampler=order, collate_fn=collate):
                 x = preprocess(batch["image"].to(device))
                 with torch.no_grad(), autocast_context(device, amp):
