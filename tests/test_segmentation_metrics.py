@@ -263,3 +263,23 @@ def test_weighted_segmentation_metrics_are_the_metrics_of_repeated_images():
         assert float(weighted_metric(name, "segmentation", truth, pred, w)) == pytest.approx(
             repeated[name], abs=1e-9
         )
+
+
+def test_metrics_computed_in_chunks_of_images_equal_one_pass(monkeypatch) -> None:
+    """Large sets are scored 64 images at a time (bounded memory): every key is what one pass gives."""
+    import medadapt.evaluation.segmentation as seg
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((150, 16, 16)) > 0.7).astype(np.uint8) * rng.integers(1, 3, (150, 1, 1)).astype(
+        np.uint8
+    )
+    pred = np.where(rng.random((150, 16, 16)) > 0.2, truth, rng.integers(0, 3, (150, 16, 16))).astype(
+        np.uint8
+    )
+    truth[:5], pred[3:7] = 0, 0  # empty truths and predictions, across a chunk's edge too
+    chunked = seg.segmentation_metrics(truth, pred, 3)
+    monkeypatch.setattr(seg, "_IMAGE_CHUNK", 10_000)
+    whole = seg.segmentation_metrics(truth, pred, 3)
+    assert chunked.keys() == whole.keys() and chunked["n_images"] == 150
+    for key, value in whole.items():
+        assert chunked[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key

@@ -55,6 +55,8 @@ NAN = float("nan")
 EMPTY_OVERLAP = ("one", "nan")  # Dice / IoU when truth and prediction are both empty: 1, or left out
 EMPTY_DISTANCE = ("zero", "nan")  # HD95 when truth and prediction are both empty: 0, or left out
 _HD_CHUNK = 256  # (image, class) pairs handed to MONAI at once, to bound the memory of the float masks
+#: Images whose metrics :func:`segmentation_metrics` computes at once.
+_IMAGE_CHUNK = 64
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -352,15 +354,27 @@ def segmentation_metrics(
         (0.9286, 0.8571, 1)
     """
     _check_choice("empty", empty, EMPTY_OVERLAP)
-    t, p, c = _label_maps(truth, pred, n_classes)
     sy_sx = _check_spacing(spacing)
-    classes = _classes(c, include_background)
-    counts = _counts(t, p, c)[:, classes]
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    # chunks of images: the int64 label maps and their per-pixel indices never exist for the whole set, so
+    # memory does not grow with it (every metric is per image, or a sum over images of per-image counts)
+    chunked = truth.ndim == 3 and truth.shape == pred.shape and len(truth) > _IMAGE_CHUNK
+    chunks = (
+        [slice(i, i + _IMAGE_CHUNK) for i in range(0, len(truth), _IMAGE_CHUNK)] if chunked else [slice(None)]
+    )
+    parts, distances = [], []
+    for rows in chunks:
+        t, p, c = _label_maps(truth[rows], pred[rows], n_classes)
+        classes = _classes(c, include_background)
+        parts.append(_counts(t, p, c)[:, classes])
+        if hd95:
+            distances.append(_hd95(t, p, parts[-1], classes, sy_sx, "zero" if empty == "one" else "nan"))
+    counts = np.concatenate(parts)
     if empty == "nan":
         _warn_left_out("dice, iou" + (", hd95" if hd95 else ""), counts, classes)
     per_image = {kind: _overlap(counts, kind, empty) for kind in ("dice", "iou")}
     if hd95:
-        per_image["hd95"] = _hd95(t, p, counts, classes, sy_sx, "zero" if empty == "one" else "nan")
+        per_image["hd95"] = np.concatenate(distances)
     out: dict[str, float] = {}
     for kind, values in per_image.items():
         out[kind] = float(_nanmean(_nanmean(values, axis=1)))
@@ -369,7 +383,7 @@ def segmentation_metrics(
         out |= {f"{kind}_{cls}": float(v) for cls, v in zip(classes, _nanmean(values, axis=0))}
     in_truth, in_pred = _present(counts)
     return out | {
-        "n_images": t.shape[0],
+        "n_images": len(counts),
         "n_empty_truth": int((~in_truth).sum()),
         "n_both_empty": int((~in_truth & ~in_pred).sum()),
         "n_one_side_empty": int((in_truth != in_pred).sum()),
