@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 NAN = float("nan")
 EMPTY_OVERLAP = ("one", "nan")  # Dice / IoU when truth and prediction are both empty: 1, or left out
 EMPTY_DISTANCE = ("zero", "nan")  # HD95 when truth and prediction are both empty: 0, or left out
-_HD_CHUNK = 256  # (image, class) pairs handed to MONAI at once, to bound the memory of the float masks
+_HD_CHUNK = 32  # (image, class) pairs handed to MONAI at once: bounds the memory of its float masks
 #: Images whose metrics :func:`segmentation_metrics` computes at once.
 _IMAGE_CHUNK = 64
 
