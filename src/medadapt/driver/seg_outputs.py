@@ -49,7 +49,7 @@ def split_masks(ds: MedicalDataset) -> np.ndarray:
 
 def seg_scores(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """:data:`SEG_METRICS` of predicted class maps against the true masks (both ``[N, H, W]``)."""
-    scores = segmentation_metrics(truth.astype(np.int64), pred.astype(np.int64), num_classes)
+    scores = segmentation_metrics(truth, pred, num_classes)  # uint8 maps: converted 64 images at a time
     return {k: scores[k] for k in SEG_METRICS}
 
 
