@@ -32,3 +32,34 @@ def write_fake_medmnist(root: Path, monkeypatch, *, flag: str = "breastmnist", s
     key = "MD5" if size == 28 else f"MD5_{size}"
     monkeypatch.setitem(INFO[flag], key, hashlib.md5(path.read_bytes()).hexdigest())
     return path
+
+
+def mask_blob(h: int, w: int, seed: int, n_classes: int = 2) -> np.ndarray:
+    """A mask with a rectangle of each foreground class (empty when ``seed`` is negative)."""
+    mask = np.zeros((h, w), dtype=np.uint8)
+    if seed >= 0:
+        rng = np.random.default_rng(seed)
+        for c in range(1, n_classes):
+            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            mask[y : y + h // 3, x : x + w // 3] = c
+    return mask
+
+
+def write_square_masks(root: Path) -> Path:
+    """A segfolder dataset of 24 gray 32x32 images where a bright square is the object: 18 listed in
+    ``splits/train.txt``, 6 in ``splits/val.txt`` (the test set, by the Kvasir-SEG rule)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(24):
+        img, mask = rng.integers(0, 80, (32, 32), dtype=np.uint8), np.zeros((32, 32), np.uint8)
+        r, c = rng.integers(0, 16, 2)
+        img[r : r + 14, c : c + 14], mask[r : r + 14, c : c + 14] = 250, 1
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(f"im{i}" for i in range(18)))
+    (root / "splits" / "val.txt").write_text("\n".join(f"im{i}" for i in range(18, 24)))
+    return root

@@ -10,22 +10,12 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from synthetic import mask_blob
 
 from medadapt.data import load_dataset
 from medadapt.data.folder import ImageFileDataset
 from medadapt.data.masks import SegmentationDataset, mask_classes, object_size, scan_masks
 from medadapt.errors import BadRowsError, ConfigError, DataError
-
-
-def _blob(h: int, w: int, seed: int, n_classes: int = 2) -> np.ndarray:
-    """A mask with a rectangle of each foreground class (empty when ``seed`` is negative)."""
-    mask = np.zeros((h, w), dtype=np.uint8)
-    if seed >= 0:
-        rng = np.random.default_rng(seed)
-        for c in range(1, n_classes):
-            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-            mask[y : y + h // 3, x : x + w // 3] = c
-    return mask
 
 
 def _pair(root: Path, stem: str, mask: np.ndarray | Image.Image, *, ext: str = "png", hw=None) -> dict:
@@ -48,7 +38,7 @@ def _csv(root: Path, rows: list[dict], name: str = "labels.csv") -> Path:
 def _binary(root: Path, n: int, *, patients: int | None = None, split: bool = False) -> Path:
     rows = []
     for i in range(n):
-        row = _pair(root, f"s{i:02d}", _blob(12, 16, i if i % 5 else -1) * (255 if i % 2 else 1))
+        row = _pair(root, f"s{i:02d}", mask_blob(12, 16, i if i % 5 else -1) * (255 if i % 2 else 1))
         row["patient_id"] = f"p{i // (n // patients)}" if patients else f"p{i}"
         row["site"] = f"site{i % 3}"
         if split:
@@ -69,7 +59,7 @@ def test_binary_png_masks_sample_contract_and_metadata(tmp_path: Path) -> None:
     assert set(sample) == {"image", "mask", "label", "index"}
     assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, 12, 16)
     assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (12, 16)
-    expected = _blob(12, 16, 1)
+    expected = mask_blob(12, 16, 1)
     assert np.array_equal(sample["mask"].numpy(), expected)  # 0/255 read as 0/1
     assert ds.labels.tolist() == [[0], [1], [1], [1]]  # "has foreground" flags
     meta = ds.metadata
@@ -102,7 +92,8 @@ def test_object_size_is_the_largest_region_box() -> None:
 
 def test_a_csv_object_size_column_is_kept(tmp_path: Path) -> None:
     rows = [
-        {**_pair(tmp_path, f"s{i}", _blob(12, 16, i)), "object_size": s} for i, s in enumerate((0.01, 0.5))
+        {**_pair(tmp_path, f"s{i}", mask_blob(12, 16, i)), "object_size": s}
+        for i, s in enumerate((0.01, 0.5))
     ]
     meta = load_dataset(f"csv:{_csv(tmp_path, rows)}?fractions=1,0,0", "train").metadata
     assert meta["object_size"].tolist() == [0.01, 0.5]
@@ -113,7 +104,7 @@ def test_a_csv_object_size_column_is_kept(tmp_path: Path) -> None:
 
 
 def test_index_png_with_three_classes_names_from_option_or_file(tmp_path: Path) -> None:
-    rows = [_pair(tmp_path, f"s{i}", _blob(12, 16, i, n_classes=3)) for i in range(3)]
+    rows = [_pair(tmp_path, f"s{i}", mask_blob(12, 16, i, n_classes=3)) for i in range(3)]
     csv = _csv(tmp_path, rows)
     with pytest.raises(
         BadRowsError, match=r"row 0 \(line 2\): mask .*s0\.png has values 2 outside the 2 classes"
@@ -121,7 +112,7 @@ def test_index_png_with_three_classes_names_from_option_or_file(tmp_path: Path) 
         load_dataset(f"csv:{csv}?fractions=1,0,0", "train")
     ds = load_dataset(f"csv:{csv}?fractions=1,0,0&classes=bg,liver,tumour", "train")
     assert ds.classes == ["bg", "liver", "tumour"] and ds.num_outputs == 3
-    assert np.array_equal(ds.mask(2).numpy(), _blob(12, 16, 2, n_classes=3))
+    assert np.array_equal(ds.mask(2).numpy(), mask_blob(12, 16, 2, n_classes=3))
     (tmp_path / "names.txt").write_text("background\n# comment\nliver\ntumour\n")
     named = load_dataset(f"csv:{csv}?fractions=1,0,0&classes_file=names.txt", "train")
     assert named.classes == ["background", "liver", "tumour"]
@@ -134,7 +125,7 @@ def test_index_png_with_three_classes_names_from_option_or_file(tmp_path: Path) 
 
 
 def test_palette_png_by_index_or_by_colour(tmp_path: Path) -> None:
-    index = _blob(10, 10, 1, n_classes=3)
+    index = mask_blob(10, 10, 1, n_classes=3)
     im = Image.frombytes("P", (10, 10), index.tobytes())
     im.putpalette([0, 0, 0, 0, 255, 0, 255, 0, 0])  # index 1 is green, 2 is red
     csv = _csv(tmp_path, [_pair(tmp_path, "a", im)])
@@ -166,7 +157,7 @@ def test_jpeg_masks_are_thresholded(tmp_path: Path) -> None:
 
 def test_relative_mask_paths_start_at_the_csv_folder_or_mask_root(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    rows = [_pair(data, f"s{i}", _blob(12, 16, i)) for i in range(2)]
+    rows = [_pair(data, f"s{i}", mask_blob(12, 16, i)) for i in range(2)]
     rows[1]["mask_path"] = str(data / rows[1]["mask_path"])  # absolute paths stay as they are
     ds = load_dataset(f"csv:{_csv(data, rows)}?fractions=1,0,0", "train")
     assert ds.mask_paths == [str(data / "msk" / "s0.png"), str(data / "msk" / "s1.png")]
@@ -209,13 +200,13 @@ def test_a_split_column_is_honoured_and_only_its_masks_are_read(tmp_path: Path) 
 
 
 def _bad_csv(root: Path) -> Path:
-    rows = [_pair(root, f"g{i}", _blob(12, 16, i)) for i in range(2)]
-    rows.append(_pair(root, "missing", _blob(12, 16, 0)))
+    rows = [_pair(root, f"g{i}", mask_blob(12, 16, i)) for i in range(2)]
+    rows.append(_pair(root, "missing", mask_blob(12, 16, 0)))
     (root / "msk" / "missing.png").unlink()
-    rows.append({**_pair(root, "blank", _blob(12, 16, 0)), "mask_path": ""})
-    rows.append(_pair(root, "small", _blob(6, 16, 0), hw=(12, 16)))
-    rows.append(_pair(root, "three", _blob(12, 16, 0, n_classes=3)))
-    rows.append(_pair(root, "empty", _blob(12, 16, -1)))
+    rows.append({**_pair(root, "blank", mask_blob(12, 16, 0)), "mask_path": ""})
+    rows.append(_pair(root, "small", mask_blob(6, 16, 0), hw=(12, 16)))
+    rows.append(_pair(root, "three", mask_blob(12, 16, 0, n_classes=3)))
+    rows.append(_pair(root, "empty", mask_blob(12, 16, -1)))
     return _csv(root, [{**r, "patient_id": f"p{i}", "split": "train"} for i, r in enumerate(rows)])
 
 
@@ -262,7 +253,7 @@ def test_skip_bad_drops_and_counts(tmp_path: Path, caplog) -> None:
 
 
 def test_images_and_masks_resize_together(tmp_path: Path) -> None:
-    mask = _blob(13, 17, 2, n_classes=4)
+    mask = mask_blob(13, 17, 2, n_classes=4)
     mask[::3, ::4] = 3  # fine detail that interpolation would blur into new values
     csv = _csv(tmp_path, [_pair(tmp_path, "a", mask)])
     before = set(np.unique(mask).tolist())
@@ -281,7 +272,7 @@ def test_images_and_masks_resize_together(tmp_path: Path) -> None:
 
 def test_mask_path_makes_segmentation_and_task_keeps_classification(tmp_path: Path) -> None:
     rows = [
-        {**_pair(tmp_path, f"s{i}", _blob(12, 16, i)), "label": "ab"[i % 2], "grade": i} for i in range(4)
+        {**_pair(tmp_path, f"s{i}", mask_blob(12, 16, i)), "label": "ab"[i % 2], "grade": i} for i in range(4)
     ]
     csv = _csv(tmp_path, rows)
     seg = load_dataset(f"csv:{csv}?fractions=1,0,0", "train")
@@ -300,7 +291,8 @@ def test_mask_path_makes_segmentation_and_task_keeps_classification(tmp_path: Pa
 
 def test_classification_csvs_are_unchanged_and_mask_options_need_masks(tmp_path: Path) -> None:
     rows = [
-        {"path": _pair(tmp_path, f"s{i}", _blob(12, 16, i))["path"], "label": "ab"[i % 2]} for i in range(4)
+        {"path": _pair(tmp_path, f"s{i}", mask_blob(12, 16, i))["path"], "label": "ab"[i % 2]}
+        for i in range(4)
     ]
     csv = _csv(tmp_path, rows)
     ds = load_dataset(f"csv:{csv}?fractions=1,0,0", "train")
@@ -327,7 +319,7 @@ def test_classification_csvs_are_unchanged_and_mask_options_need_masks(tmp_path:
 def test_mask_col_and_reserved_columns(tmp_path: Path) -> None:
     rows = [
         {"path": r["path"], "seg": r["mask_path"]}
-        for r in (_pair(tmp_path, f"s{i}", _blob(8, 8, i)) for i in range(2))
+        for r in (_pair(tmp_path, f"s{i}", mask_blob(8, 8, i)) for i in range(2))
     ]
     csv = _csv(tmp_path, rows)
     assert load_dataset(f"csv:{csv}?mask_col=seg&fractions=1,0,0", "train").mask(1).shape == (8, 8)
@@ -341,7 +333,7 @@ def test_mask_col_and_reserved_columns(tmp_path: Path) -> None:
 def test_shared_helpers(tmp_path: Path) -> None:
     assert mask_classes(None, tmp_path / "none.txt") == ["background", "foreground"]
     assert mask_classes(None, None, default="polyp") == ["background", "polyp"]
-    _pair(tmp_path, "a", _blob(6, 6, 0))
+    _pair(tmp_path, "a", mask_blob(6, 6, 0))
     images, masks = [str(tmp_path / "img" / "a.jpg")], [str(tmp_path / "msk" / "a.png")]
     scan = scan_masks(images, masks, [0], lambda p: np.asarray(Image.open(p)), sizes=True)
     assert (

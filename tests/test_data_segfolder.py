@@ -11,23 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from synthetic import mask_blob
 
 from medadapt.cli import main
 from medadapt.data import DATASETS, DatasetAddress, load_dataset
 from medadapt.data.segfolder import SegmentationDataset, read_mask
 from medadapt.data.transforms import resize
 from medadapt.errors import BadRowsError, ConfigError, DataError
-
-
-def _blob(h: int, w: int, seed: int, n_classes: int = 2) -> np.ndarray:
-    """A mask with a rectangle of each foreground class (empty when ``seed`` is negative)."""
-    mask = np.zeros((h, w), dtype=np.uint8)
-    if seed >= 0:
-        rng = np.random.default_rng(seed)
-        for c in range(1, n_classes):
-            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-            mask[y : y + h // 3, x : x + w // 3] = c
-    return mask
 
 
 def _write(
@@ -44,7 +34,7 @@ def _write(
 def _flat(root: Path, n: int, *, ext: str = "png", scale: int = 1) -> list[str]:
     stems = [f"s{i:02d}" for i in range(n)]
     for i, stem in enumerate(stems):
-        _write(root, stem, _blob(12, 16, i) * scale, ext=ext)
+        _write(root, stem, mask_blob(12, 16, i) * scale, ext=ext)
     return stems
 
 
@@ -78,7 +68,7 @@ def test_split_lists_train_and_val_make_val_the_test_set(tmp_path: Path) -> None
 
 def test_sample_contract(tmp_path: Path) -> None:
     stems = _flat(tmp_path, 4, ext="jpg", scale=255)
-    _write(tmp_path, "empty", _blob(12, 16, -1))
+    _write(tmp_path, "empty", mask_blob(12, 16, -1))
     _lists(tmp_path, train=stems[1:], test=["empty", stems[0]])
     ds = load_dataset(f"segfolder:{tmp_path}", "test")
     assert isinstance(ds, SegmentationDataset) and ds.task == "segmentation" and ds.n_channels == 3
@@ -106,7 +96,7 @@ def test_sample_contract(tmp_path: Path) -> None:
 def test_split_folders_and_carved_val(tmp_path: Path) -> None:
     for split, n in (("train", 10), ("Val", 3), ("test", 4)):
         for i in range(n):
-            _write(tmp_path / split, f"{split}{i}", _blob(8, 8, i))
+            _write(tmp_path / split, f"{split}{i}", mask_blob(8, 8, i))
     assert [len(load_dataset(f"segfolder:{tmp_path}", s)) for s in ("train", "val", "test")] == [10, 3, 4]
     assert load_dataset(f"segfolder:{tmp_path}", "test").metadata["path"][0] == "test/images/test0.jpg"
     (tmp_path / "Val").rename(tmp_path / "unused")
@@ -145,7 +135,7 @@ def test_jpeg_masks_are_thresholded(tmp_path: Path) -> None:
 
 
 def test_index_png_multiclass_and_0_255_binary(tmp_path: Path) -> None:
-    mask = _blob(10, 10, 0, n_classes=4)
+    mask = mask_blob(10, 10, 0, n_classes=4)
     Image.fromarray(mask).save(tmp_path / "m.png")
     assert np.array_equal(read_mask(tmp_path / "m.png", n_classes=4), mask)
     with pytest.raises(DataError, match=r"m\.png has values 3 outside the 3 classes"):
@@ -158,7 +148,7 @@ def test_index_png_multiclass_and_0_255_binary(tmp_path: Path) -> None:
 
 
 def test_palette_png_index_by_default_colour_with_the_palette_option(tmp_path: Path) -> None:
-    index = _blob(10, 10, 1, n_classes=3)
+    index = mask_blob(10, 10, 1, n_classes=3)
     im = Image.frombytes("P", (10, 10), index.tobytes())
     im.putpalette([0, 0, 0, 0, 255, 0, 255, 0, 0])  # index 1 is green, 2 is red
     im.save(tmp_path / "m.png")
@@ -181,7 +171,7 @@ def test_palette_png_index_by_default_colour_with_the_palette_option(tmp_path: P
 
 
 def test_resize_keeps_labels_and_never_interpolates_masks(tmp_path: Path) -> None:
-    mask = _blob(13, 17, 2, n_classes=4)
+    mask = mask_blob(13, 17, 2, n_classes=4)
     mask[::3, ::4] = 3  # fine detail that interpolation would blur into new values
     _write(tmp_path, "a", mask)
     before = set(np.unique(mask).tolist())
@@ -203,9 +193,9 @@ def test_resize_keeps_labels_and_never_interpolates_masks(tmp_path: Path) -> Non
 def _bad_dataset(root: Path) -> list[str]:
     good = _flat(root, 3)
     (root / "masks" / "s00.png").unlink()  # missing mask
-    _write(root, "small", _blob(12, 16, 0)[:6], image_hw=(12, 16))  # size mismatch
-    _write(root, "three", _blob(12, 16, 0, n_classes=3))  # value 2 with two classes
-    _write(root, "empty", _blob(12, 16, -1))
+    _write(root, "small", mask_blob(12, 16, 0)[:6], image_hw=(12, 16))  # size mismatch
+    _write(root, "three", mask_blob(12, 16, 0, n_classes=3))  # value 2 with two classes
+    _write(root, "empty", mask_blob(12, 16, -1))
     _lists(root, train=[*good, "small", "three", "empty", "ghost"])
     return good
 
@@ -241,14 +231,14 @@ def test_skip_bad_drops_pairs_with_one_warning(tmp_path: Path, caplog) -> None:
 
 
 def test_classes_from_file_address_and_boxes(tmp_path: Path) -> None:
-    _write(tmp_path, "a", _blob(12, 16, 0, n_classes=3))
+    _write(tmp_path, "a", mask_blob(12, 16, 0, n_classes=3))
     with pytest.raises(BadRowsError, match="outside the 2 classes"):
         load_dataset(f"segfolder:{tmp_path}", "train")
     (tmp_path / "classes.txt").write_text("background\nliver\n# a comment\ntumour\n")
     assert load_dataset(f"segfolder:{tmp_path}", "train").classes == ["background", "liver", "tumour"]
     assert load_dataset(f"segfolder:{tmp_path}?classes=x,y,z", "train").classes == ["x", "y", "z"]
     (tmp_path / "classes.txt").unlink()
-    _write(tmp_path, "a", _blob(12, 16, 0))
+    _write(tmp_path, "a", mask_blob(12, 16, 0))
     boxes = {
         "a": {
             "height": 12,

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from synthetic import write_square_masks
 
 from medadapt.backbones import create_backbone
 from medadapt.data import load_dataset
@@ -22,20 +23,7 @@ VIT = "timm:vit_small_patch14_dinov2?embed_dim=32&depth=2&num_heads=2&patch_size
 def squares(tmp_path_factory):
     """24 gray 32-px images, each with a bright square that is the object; 18 train (20% carved for val), 6
     test."""
-    from PIL import Image
-
-    root, rng = tmp_path_factory.mktemp("seg"), np.random.default_rng(0)
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    for i in range(24):
-        img, mask = rng.integers(0, 80, (32, 32), dtype=np.uint8), np.zeros((32, 32), np.uint8)
-        r, c = rng.integers(0, 16, 2)
-        img[r : r + 14, c : c + 14], mask[r : r + 14, c : c + 14] = 250, 1
-        Image.fromarray(img).save(root / "images" / f"im{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
-    (root / "splits").mkdir()
-    (root / "splits" / "train.txt").write_text("\n".join(f"im{i}" for i in range(18)))
-    (root / "splits" / "val.txt").write_text("\n".join(f"im{i}" for i in range(18, 24)))
+    root = write_square_masks(tmp_path_factory.mktemp("seg") / "squares")
     return f"segfolder:{root}?val_fraction=0.2"
 
 

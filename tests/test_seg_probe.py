@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_square_masks
 
 from medadapt.errors import ConfigError, DataError
 from medadapt.features.featureset import FeatureSet
@@ -65,32 +66,13 @@ def test_bad_inputs_are_clear_errors():
         train_seg_probe(no_tokens, val, tm, vm, num_classes=2)
 
 
-def _squares(root):
-    """A segfolder dataset of 24 gray 32x32 images: a bright square is the object (18 train, 6 test)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(24):
-        img, mask = rng.integers(0, 80, (32, 32), dtype=np.uint8), np.zeros((32, 32), np.uint8)
-        r, c = rng.integers(0, 16, 2)
-        img[r : r + 14, c : c + 14], mask[r : r + 14, c : c + 14] = 250, 1
-        Image.fromarray(img).save(root / "images" / f"im{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
-    (root / "splits").mkdir()
-    (root / "splits" / "train.txt").write_text("\n".join(f"im{i}" for i in range(18)))
-    (root / "splits" / "val.txt").write_text("\n".join(f"im{i}" for i in range(18, 24)))  # the test set
-    return root
-
-
 def test_medadapt_probe_on_a_mask_dataset_scores_dice_and_keeps_the_masks(tmp_path, monkeypatch):
     from medadapt.cli import main
     from medadapt.evaluation.segmentation import segmentation_metrics
     from medadapt.reporting.results import load_predictions
 
     monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
-    root = _squares(tmp_path / "seg")
+    root = write_square_masks(tmp_path / "seg")
     out = tmp_path / "out"
     args = ["probe", "--dataset", f"segfolder:{root}?val_fraction=0.2", "--backbone",
             "timm:vit_small_patch14_dinov2?embed_dim=32&depth=1&num_heads=2&patch_size=8", "--no-pretrained",
@@ -193,7 +175,7 @@ def test_medadapt_probe_trains_the_multiscale_head_on_cached_levels(tmp_path, mo
     from medadapt.cli import main
 
     monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path / "cache"))
-    root = _squares(tmp_path / "seg")
+    root = write_square_masks(tmp_path / "seg")
     (tmp_path / "run.yaml").write_text("head_kwargs: {levels: 2, stride_out: 8, width: 16}\n")
     out = tmp_path / "out"
     args = ["probe", "--dataset", f"segfolder:{root}?val_fraction=0.2", "--backbone",

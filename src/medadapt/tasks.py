@@ -272,8 +272,7 @@ class SegmentationTask(Task):
 
     def class_weights(self, labels: np.ndarray, num_outputs: int) -> torch.Tensor:
         """``n / (C * n_c)`` over the pixels of ``labels`` (here: masks ``[N, H, W]``)."""
-        counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=num_outputs)
-        return torch.tensor(counts.sum() / (num_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+        return self.mask_class_weights([labels], num_outputs)
 
     def score_loss(self, scores: torch.Tensor, labels: np.ndarray) -> float:
         raise ConfigError("segmentation has no kNN head: use the linear, multiscale or decoder head")

@@ -243,12 +243,17 @@ def _replace_classifier(head: nn.Module, num_classes: int) -> None:
 # --- creation ------------------------------------------------------------------------------------------
 
 
+def _did_you_mean(name: str, names: list[str]) -> str:
+    """``"; did you mean 'a', 'b'?"`` for the names close to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def _check_arch(name: str) -> str:
     archs = list_architectures()
     arch = name.lower()
     if arch not in archs:
-        close = difflib.get_close_matches(arch, archs, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = _did_you_mean(arch, archs)
         raise ConfigError(
             f"segmentation_models_pytorch has no architecture {name!r}{hint} (valid: {', '.join(archs)}); "
             "write smp:ARCH?encoder=NAME, e.g. smp:unet?encoder=resnet34"
@@ -272,8 +277,7 @@ def _check_encoder(smp: Any, arch: str, encoder: str) -> None:
         )
     names = smp.encoders.get_encoder_names()
     if encoder not in names:
-        close = difflib.get_close_matches(encoder, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = _did_you_mean(encoder, names)
         raise ConfigError(
             f"segmentation_models_pytorch has no encoder {encoder!r}{hint}; see "
             "smp.encoders.get_encoder_names(), or write encoder=tu-NAME for any timm model"
@@ -289,8 +293,7 @@ def _check_options(smp: Any, arch: str, encoder: str, options: dict[str, Any]) -
     own = _arch_parameters(smp, arch)
     unknown = sorted(set(options) - own)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(own - set(_SET_HERE)), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = _did_you_mean(unknown[0], sorted(own - set(_SET_HERE)))
         raise ConfigError(
             f"smp:{arch} takes no option {', '.join(unknown)}{hint} (valid: encoder, weights, mean, std, "
             f"{', '.join(sorted(own - set(_SET_HERE)))})"
