@@ -50,6 +50,12 @@ def _offline_hubs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches (features, md5 records) go to a temporary folder, never the user's home (a test may set its own)."""
+    monkeypatch.setenv("MEDADAPT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tiny tensors: one intra-op thread is fastest, and avoids oversubscription on a busy CI machine."""
     threads = torch.get_num_threads()

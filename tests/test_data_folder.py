@@ -143,7 +143,9 @@ def _patients(tmp_path: Path, n_patients: int = 12) -> Path:
 
 def test_auto_split_groups_patients_and_is_deterministic(tmp_path: Path) -> None:
     csv = _patients(tmp_path)
-    parts = {s: load_dataset(f"csv:{csv}?seed=1", s) for s in ("train", "val", "test")}
+    parts = {
+        s: load_dataset(f"csv:{csv}?seed=1&fractions=0.5,0.25,0.25", s) for s in ("train", "val", "test")
+    }
     patients = {s: set(ds.metadata["patient_id"]) for s, ds in parts.items()}
     assert not (
         patients["train"] & patients["val"]
@@ -152,7 +154,7 @@ def test_auto_split_groups_patients_and_is_deterministic(tmp_path: Path) -> None
     )
     rows = sorted(r for ds in parts.values() for r in ds.metadata["row"])
     assert rows == list(range(len(pd.read_csv(csv))))
-    again = load_dataset(f"csv:{csv}?seed=1", "train")
+    again = load_dataset(f"csv:{csv}?seed=1&fractions=0.5,0.25,0.25", "train")
     assert list(again.metadata["row"]) == list(parts["train"].metadata["row"])
     assert (
         parts["train"].metadata["age"] == 40 + parts["train"].metadata["patient_id"].str[1:].astype(int)
@@ -290,11 +292,14 @@ def test_folder_kind(tmp_path: Path) -> None:
     assert (ds.task, ds.classes, ds.n_channels, len(ds)) == ("binary", ["normal", "tumor"], 1, 3)
     assert ds.labels[:, 0].tolist() == [0, 1, 1] and ds[0]["image"].shape == (1, 6, 5)
     assert list(ds.metadata.columns) == ["path", "label", "split", "row"]
+    for i in range(5, 10):  # ten images: every class can reach every split
+        cls = ["normal", "tumor"][i % 2]
+        Image.fromarray(_gray(6, 5, i)).save(tmp_path / "flat" / cls / f"{i}.png")
     flat = [
         load_dataset(f"folder:{tmp_path / 'flat'}?fractions=0.6,0.2,0.2", s) for s in ("train", "val", "test")
     ]
     assert sorted(p for d in flat for p in d.metadata["path"]) == sorted(
-        f"{c}/{i}.png" for i, c in enumerate(["normal", "normal", "tumor", "tumor", "tumor"])
+        str(p.relative_to(tmp_path / "flat")) for p in (tmp_path / "flat").rglob("*.png")
     )
 
 

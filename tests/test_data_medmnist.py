@@ -230,7 +230,8 @@ def test_download_moves_a_verified_file_into_place(tmp_path, monkeypatch):
 def test_md5_sidecar_skips_rehashing_until_the_file_changes(write_npz, tmp_path, monkeypatch):
     path = write_npz()
     load_dataset("medmnist:breastmnist", "train", root=tmp_path, download=False)
-    sidecar = tmp_path / ".breastmnist.npz.md5ok"
+    sidecar = mm._sidecar(path)  # in the cache, never beside the data
+    assert sidecar.is_relative_to(Path(os.environ["MEDADAPT_CACHE"])) and not list(tmp_path.glob(".*"))
     assert json.loads(sidecar.read_text())["md5"] == INFO["breastmnist"]["MD5"]
 
     real_md5 = mm._md5
@@ -278,3 +279,26 @@ def test_real_breastmnist_matches_medmnist(monkeypatch):
         assert np.array_equal(ds.labels, ref.labels) and torch.equal(
             ds.image(5)[0], torch.from_numpy(ref.imgs[5])
         )
+
+
+def test_a_folder_where_the_file_belongs_is_reported_never_downloaded_over(tmp_path, monkeypatch):
+    (tmp_path / "breastmnist.npz").mkdir()
+    monkeypatch.setattr(mm, "_fetch", lambda *a: pytest.fail("downloaded over a folder"))
+    with pytest.raises(DataError, match=r"breastmnist.npz is a folder, not a file; medadapt never replaces it"):
+        load_dataset("medmnist:breastmnist", "train", root=tmp_path)
+    assert (tmp_path / "breastmnist.npz").is_dir()
+
+
+def test_unreadable_file_and_read_only_folder_are_named(write_npz, tmp_path, monkeypatch):
+    """Permissions are faked through ``os.access`` (the tests may run as root, which ignores them)."""
+    path = write_npz()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    denied = {str(path), str(ro)}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) not in denied and real_access(p, mode))
+    with pytest.raises(DataError, match="is not readable"):
+        load_dataset("medmnist:breastmnist", "train", root=tmp_path, download=False)
+    monkeypatch.setattr(mm, "_fetch", lambda *a: pytest.fail("tried to download into a read-only folder"))
+    with pytest.raises(DataError, match=r"cannot download: .*ro is read-only"):
+        load_dataset("medmnist:breastmnist", "train", root=ro)

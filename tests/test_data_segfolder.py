@@ -165,7 +165,8 @@ def test_palette_png_index_by_default_colour_with_the_palette_option(tmp_path: P
     (tmp_path / "ds" / "masks" / "a.png").unlink()
     im.save(tmp_path / "ds" / "masks" / "a.png")
     ds = load_dataset(
-        f"segfolder:{tmp_path / 'ds'}?classes=bg,red,green&palette=000000,255-0-0,00ff00", "train"
+        f"segfolder:{tmp_path / 'ds'}?classes=bg,red,green&palette=000000,255-0-0,00ff00&fractions=1,0,0",
+        "train",
     )
     assert np.array_equal(ds.mask(0).numpy(), np.array([0, 2, 1])[index])
 
@@ -175,15 +176,17 @@ def test_resize_keeps_labels_and_never_interpolates_masks(tmp_path: Path) -> Non
     mask[::3, ::4] = 3  # fine detail that interpolation would blur into new values
     _write(tmp_path, "a", mask)
     before = set(np.unique(mask).tolist())
-    full = load_dataset(f"segfolder:{tmp_path}?classes=a,b,c,d", "train")
+    full = load_dataset(f"segfolder:{tmp_path}?classes=a,b,c,d&fractions=1,0,0", "train")
     for size in (8, 32):
-        ds = load_dataset(f"segfolder:{tmp_path}?classes=a,b,c,d&size={size}", "train")
+        ds = load_dataset(f"segfolder:{tmp_path}?classes=a,b,c,d&size={size}&fractions=1,0,0", "train")
         sample = ds[0]
         assert sample["image"].shape == (3, size, size) and sample["mask"].shape == (size, size)
         assert set(sample["mask"].unique().tolist()) <= before
         expected = resize(full.image(0)[None].float() / 255, (size, size), "bilinear")[0]
         assert (sample["image"].float() / 255 - expected).abs().max() <= 0.5 / 255 + 1e-6
-    overridden = load_dataset(f"segfolder:{tmp_path}?classes=a,b,c,d&size=8", "train", size=16)
+    overridden = load_dataset(
+        f"segfolder:{tmp_path}?classes=a,b,c,d&size=8&fractions=1,0,0", "train", size=16
+    )
     assert overridden[0]["mask"].shape == (16, 16)
 
 
@@ -233,10 +236,18 @@ def test_skip_bad_drops_pairs_with_one_warning(tmp_path: Path, caplog) -> None:
 def test_classes_from_file_address_and_boxes(tmp_path: Path) -> None:
     _write(tmp_path, "a", mask_blob(12, 16, 0, n_classes=3))
     with pytest.raises(BadRowsError, match="outside the 2 classes"):
-        load_dataset(f"segfolder:{tmp_path}", "train")
+        load_dataset(f"segfolder:{tmp_path}?fractions=1,0,0", "train")
     (tmp_path / "classes.txt").write_text("background\nliver\n# a comment\ntumour\n")
-    assert load_dataset(f"segfolder:{tmp_path}", "train").classes == ["background", "liver", "tumour"]
-    assert load_dataset(f"segfolder:{tmp_path}?classes=x,y,z", "train").classes == ["x", "y", "z"]
+    assert load_dataset(f"segfolder:{tmp_path}?fractions=1,0,0", "train").classes == [
+        "background",
+        "liver",
+        "tumour",
+    ]
+    assert load_dataset(f"segfolder:{tmp_path}?classes=x,y,z&fractions=1,0,0", "train").classes == [
+        "x",
+        "y",
+        "z",
+    ]
     (tmp_path / "classes.txt").unlink()
     _write(tmp_path, "a", mask_blob(12, 16, 0))
     boxes = {
@@ -247,7 +258,7 @@ def test_classes_from_file_address_and_boxes(tmp_path: Path) -> None:
         }
     }
     (tmp_path / "x_bboxes.json").write_text(json.dumps(boxes))
-    assert load_dataset(f"segfolder:{tmp_path}", "train").classes == ["background", "polyp"]
+    assert load_dataset(f"segfolder:{tmp_path}?fractions=1,0,0", "train").classes == ["background", "polyp"]
 
 
 def test_object_size_from_a_bboxes_json(tmp_path: Path) -> None:
@@ -315,7 +326,7 @@ def test_mask_suffix_pairs_suffixed_mask_names(tmp_path: Path) -> None:
     for mask in (tmp_path / "masks").iterdir():
         mask.rename(mask.with_name(f"{mask.stem}_mask.png"))
     with pytest.raises(BadRowsError, match="no mask for images/s00.jpg"):
-        load_dataset(f"segfolder:{tmp_path}", "train")
+        load_dataset(f"segfolder:{tmp_path}?fractions=1,0,0", "train")
     ds = load_dataset(f"segfolder:{tmp_path}?mask_suffix=_mask&fractions=1,0,0", "train")
     assert list(ds.metadata["mask_path"]) == ["masks/s00_mask.png", "masks/s01_mask.png"]
 

@@ -9,8 +9,8 @@ __all__ = ["add_compare", "add_report", "compare_options"]
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
-    from .reporting.compare import BLOCKS
-
+    # no argparse choices here: they would import the statistics stack (and torch) to build the parser;
+    # CompareOptions checks the value
     p.add_argument("sources", nargs="+", metavar="RESULTS",
                    help="run / grid folders (holding results.csv and the cells' predictions) or results CSV files")  # fmt: skip
     p.add_argument(
@@ -19,7 +19,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="the split compared (default: test)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
-    p.add_argument("--blocks", choices=BLOCKS, default="auto",
+    p.add_argument("--blocks", default="auto",
                    help="Friedman blocks: datasets (each method's mean over seeds x folds) or cells (seed x fold); "
                    "auto: datasets when there are two or more (default: auto)")  # fmt: skip
     p.add_argument(

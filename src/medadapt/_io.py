@@ -12,10 +12,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "exclusive_lock", "folder_lock"]
+__all__ = ["atomic_write", "cache_home", "exclusive_lock", "folder_lock"]
 
 StrPath = str | os.PathLike
 log = logging.getLogger(__name__)
+
+
+def cache_home() -> Path:
+    """Where medadapt keeps what it computes (features, md5 records): ``$MEDADAPT_CACHE``, else
+    ``~/.cache/medadapt/features``. Never the data folders: those may be read-only or shared."""
+    env = os.environ.get("MEDADAPT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medadapt" / "features"
 
 
 def atomic_write(path: StrPath, data: bytes | str | Callable[[BinaryIO], None]) -> Path:

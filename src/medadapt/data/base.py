@@ -9,8 +9,10 @@ adaptation is the backbone's job.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +21,20 @@ import torch
 
 from .._address import format_address, split_address
 from .._registry import Registry
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..tasks import TASKS
 
-__all__ = ["TASKS", "SPLITS", "MedicalDataset", "DatasetAddress", "DATASETS", "load_dataset"]
+__all__ = [
+    "TASKS",
+    "SPLITS",
+    "MedicalDataset",
+    "DatasetAddress",
+    "DATASETS",
+    "load_dataset",
+    "path_problem",
+    "require_file",
+    "require_folder",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -92,3 +104,37 @@ def load_dataset(address: str | DatasetAddress, split: str, **kwargs: Any) -> Me
         raise ConfigError(f"split {split!r} is not valid; choose one of {list(SPLITS)}")
     addr = address if isinstance(address, DatasetAddress) else DatasetAddress.parse(address)
     return DATASETS.get(addr.kind)(addr, split, **kwargs)
+
+
+def path_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
+    """Why ``path`` is not a readable file (``folder``: a readable folder), or None when it is.
+
+    The reasons tell apart what a bare "not found" hides: a folder where a file should be (or the reverse),
+    a path that does not exist, and one the user may not read.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    if folder and not path.is_dir():
+        return "is a file, not a folder"
+    if not folder and path.is_dir():
+        return "is a folder, not a file"
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        return "is not readable (permission denied)"
+    return None
+
+
+def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """``path`` as a Path when it is a readable file, else a DataError: ``{what} {path} {problem}; {fix}``."""
+    problem = path_problem(path)
+    if problem:
+        raise DataError(f"{what} {str(path)!r} {problem}; {fix}")
+    return Path(path)
+
+
+def require_folder(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """``path`` as a Path when it is a readable folder, else a DataError naming the problem and the fix."""
+    problem = path_problem(path, folder=True)
+    if problem:
+        raise DataError(f"{what} {str(path)!r} {problem}; {fix}")
+    return Path(path)

@@ -12,12 +12,15 @@ file). Options (all optional):
   ``label_sep`` changes the ``|``).
 - ``task``: binary | multiclass | multilabel | ordinal. Default: multilabel when ``label_cols`` is given or a
   label contains the separator, binary for two classes, else multiclass.
-- ``classes=a,b,c``: class order; labels outside it are bad rows. Default: the sorted unique labels, sorted
-  numerically when every label is an integer (so ordinal grades keep their order). For binary tasks the
-  positive class is ``classes[1]``.
+- ``classes=a,b,c``: class order; labels outside it are bad rows. Default: ``classes_file=NAME`` (one class
+  per line, relative to the CSV), else a ``classes.txt`` beside the CSV, both enforced the same way, else
+  the sorted unique labels, sorted numerically when every label is an integer (so ordinal grades keep
+  their order). For binary tasks the positive class is ``classes[1]``.
 - ``seed`` (0) and ``fractions`` (0.7,0.1,0.2): the patient-grouped, stratified split used when there is no
   split column (:func:`medadapt.data.splits.grouped_split`); rows of one patient never cross splits, and a
-  row without a patient id is its own group.
+  row with a blank patient id is its own group (with a warning naming the rows). A split with a non-zero
+  fraction that would be empty, or lack a class (a label, for multilabel), is an error before any work that
+  lists the fractions that would work for these rows.
 - ``channels``: 1 or 3. Default: 1 when every probed image (up to 256, spread over the whole table) is
   grayscale, else 3; every image is converted to that.
 - ``skip_bad``: drop bad rows instead of raising (same as the ``skip_bad=True`` argument).
@@ -37,8 +40,8 @@ CSV, else ``classes.txt`` beside the CSV, else ``background,foreground``), ``pal
 image/mask size mismatches, unreadable masks and values outside the classes are bad rows.
 
 ``folder:/data/root`` reads ``root/CLASS/**/image`` or, when ``root/train``, ``root/val`` or ``root/test``
-exist, ``root/SPLIT/CLASS/**/image``; options ``task``, ``classes``, ``seed``, ``fractions``, ``channels``,
-``skip_bad``, ``verify``. Without split folders every image is its own group in the split.
+exist, ``root/SPLIT/CLASS/**/image``; options ``task``, ``classes`` (default: ``classes_file``, else
+``root/classes.txt``, else the folder names), ``seed``, ``fractions``, ``channels``, ``skip_bad``, ``verify``. Without split folders every image is its own group in the split.
 
 Images: PNG, JPEG, TIFF, BMP (PIL) and DICOM (:mod:`medadapt.data.dicom`). RGBA/P/CMYK become RGB, LA
 becomes L (alpha is dropped). 16-bit, 32-bit and float images are scaled to uint8 by **their own min/max**
@@ -46,16 +49,18 @@ becomes L (alpha is dropped). 16-bit, 32-bit and float images are scaled to uint
 scaled by bit depth. ``image(i)`` returns a uint8 ``Tensor[C, H, W]`` at the file's own size; resizing is
 done later on batches. The ``root`` loader argument is not used, nor ``size`` but by segmentation CSVs.
 
-Bad rows (missing file, empty or unknown label, invalid split, unreadable image header) raise a DataError
-listing the first few with their row numbers; with ``skip_bad=True`` they are dropped, logged, and listed in
-``dataset.skipped`` as ``(row, reason)``.
+Bad rows (missing file, a folder or unreadable file where the image should be, empty or unknown label, invalid
+split, unreadable image header) raise a DataError listing the first few with their row numbers; with
+``skip_bad=True`` they are dropped, logged, and listed in ``dataset.skipped`` as ``(row, reason)``, unless
+that would leave the split empty (an error). A CSV path that is a folder, or a folder path that is a file,
+is reported as such.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +70,17 @@ import torch
 
 from ..errors import BadRowsError, ConfigError, DataError
 from ..tasks import CLASSIFICATION_TASKS as TASKS
-from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
+from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset, path_problem, require_file, require_folder
 from .images import probe_image, read_image
-from .masks import MASK_OPTIONS, MaskOptions, SegmentationDataset, mask_classes, mask_columns, scan_masks
+from .masks import (
+    MASK_OPTIONS,
+    MaskOptions,
+    SegmentationDataset,
+    mask_classes,
+    mask_columns,
+    read_lines,
+    scan_masks,
+)
 from .splits import DEFAULT_FRACTIONS, grouped_split
 
 __all__ = ["ImageFileDataset", "load_csv", "load_folder"]
@@ -113,11 +126,11 @@ class ImageFileDataset(MedicalDataset):
 
 # --------------------------------------------------------------------------------------------- options
 
-_COMMON_OPTIONS = ("task", "classes", "seed", "fractions", "channels", "skip_bad", "verify")
+_COMMON_OPTIONS = ("task", "classes", "classes_file", "seed", "fractions", "channels", "skip_bad", "verify")
 _CSV_OPTIONS = (
     *_COMMON_OPTIONS,
     *("image_root", "path_col", "label_col", "label_cols", "label_sep", "patient_col", "split_col"),
-    *("mask_col", "mask_root", "classes_file", *MASK_OPTIONS),
+    *("mask_col", "mask_root", *MASK_OPTIONS),
 )
 _TEXT_OPTIONS = ("image_root", "path_col", "label_col", "label_sep", "patient_col", "split_col")
 
@@ -309,16 +322,72 @@ def _parse_splits(values: pd.Series) -> tuple[np.ndarray, dict[int, str]]:
     return np.array(names, dtype=object), errors
 
 
-def auto_splits(labels: np.ndarray, groups: np.ndarray | None, opts: FileOptions) -> np.ndarray:
-    return grouped_split(labels, groups, fractions=opts.fractions, seed=opts.seed).astype(object)
+_CANDIDATE_FRACTIONS = ((0.7, 0.1, 0.2), (0.6, 0.2, 0.2), (0.5, 0.25, 0.25), (0.4, 0.3, 0.3), (0.4, 0.2, 0.4))
+
+
+def auto_splits(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    opts: FileOptions,
+    *,
+    source: str = "the dataset",
+    classes: list[str] | None = None,
+) -> np.ndarray:
+    """The automatic patient-grouped split, checked before any work: a split with a non-zero fraction must
+    not be empty, and (when ``classes`` names the label columns or class indices) every class must appear
+    in it; otherwise a DataError says which fractions would work for these rows."""
+    splits = grouped_split(labels, groups, fractions=opts.fractions, seed=opts.seed).astype(object)
+    problem = split_problem(splits, labels, opts.fractions, classes)
+    if problem is None:
+        return splits
+    working = [
+        f
+        for f in _CANDIDATE_FRACTIONS
+        if f != tuple(opts.fractions)
+        and split_problem(grouped_split(labels, groups, fractions=f, seed=opts.seed), labels, f, classes)
+        is None
+    ]
+    hint = (
+        f"fractions that work for these rows (seed={opts.seed}): "
+        + " or ".join(",".join(f"{v:g}" for v in f) for f in working)
+        if working
+        else "no usual fractions work for so few rows: add rows, or give a split column"
+    )
+    n_groups = len(labels) if groups is None else len(np.unique(groups))
+    raise DataError(
+        f"{source}: the automatic split with fractions={','.join(f'{v:g}' for v in opts.fractions)} "
+        f"(seed={opts.seed}, {len(labels)} rows in {n_groups} patient groups) {problem}; {hint}"
+    )
+
+
+def split_problem(
+    splits: np.ndarray, labels: np.ndarray, fractions: tuple[float, ...], classes: list[str] | None
+) -> str | None:
+    """Why an automatic split is unusable (an empty split, or a class absent from one), or None."""
+    labels = labels.reshape(len(labels), -1)
+    for name, fraction in zip(SPLITS, fractions):
+        if fraction <= 0:
+            continue
+        rows = splits == name
+        if not rows.any():
+            return f"leaves the {name} split empty"
+        if classes is None:
+            continue
+        if labels.shape[1] > 1:  # multilabel: every label needs a positive
+            present = np.nan_to_num(labels[rows].astype(float)) > 0
+            absent = [c for c, seen in zip(classes, present.any(axis=0)) if not seen]
+        else:
+            absent = [c for k, c in enumerate(classes) if not (labels[rows, 0] == k).any()]
+        if absent:
+            return f"leaves class {absent[0]!r} out of the {name} split"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- csv
 
 
 def _read_table(csv_path: Path, opts: FileOptions) -> pd.DataFrame:
-    if not csv_path.is_file():
-        raise DataError(f"CSV file {str(csv_path)!r} does not exist; check the path in the dataset address")
+    require_file(csv_path, "CSV file", "the csv: address names the CSV file itself (csv:/data/labels.csv)")
     text_cols = (opts.path_col, opts.label_col, opts.patient_col or "patient_id", opts.split_col)
     text_cols += (opts.mask_col or "mask_path",)
     try:
@@ -348,12 +417,16 @@ def _resolve_paths(
         path = Path(str(value).strip()).expanduser()
         path = path if path.is_absolute() else root / path
         paths.append(str(path))
-        if not path.is_file() and mask_col:
+        problem = path_problem(path)
+        if problem and mask_col:
+            where = f"check {mask_col}; relative paths start at {root}, set by mask_root="
             errors[i] = (
-                f"mask file not found: {path} (check {mask_col}; relative paths start at {root}, set by mask_root=)"
+                f"mask file {path} {problem} ({where})"
+                if path.exists()
+                else f"mask file not found: {path} ({where})"
             )
-        elif not path.is_file():
-            errors[i] = f"file not found: {path}"
+        elif problem:
+            errors[i] = f"file not found: {path}" if not path.exists() else f"image file {path} {problem}"
     return paths, errors
 
 
@@ -364,13 +437,42 @@ def _patient_groups(table: pd.DataFrame, opts: FileOptions, source: str) -> np.n
             _require_columns(table, [column], source, "patient_col")
         logger.info("%s has no %r column: every row is its own group in the split", source, column)
         return None
-    ids = table[column]
-    return np.where(ids.isna(), "\0row" + table["row"].astype(str), ids.astype(str))
+    ids = table[column].astype("string").str.strip()
+    blank = (ids.isna() | (ids == "")).to_numpy()
+    if blank.any():
+        rows = np.flatnonzero(blank)
+        shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        logger.warning(
+            "%s: %d row(s) have a blank %s (rows %s); each is treated as its own patient in the split, so "
+            "if it belongs to a patient with other rows, that patient can cross splits: fill in the ids",
+            source, len(rows), column, shown,
+        )  # fmt: skip
+    return np.where(blank, "\0row" + table["row"].astype(str), ids.fillna("").to_numpy(dtype=str))
+
+
+def declared_classes(opts: FileOptions, folder: Path, source: str) -> FileOptions:
+    """``opts`` with ``classes`` from the ``classes_file`` option or a ``classes.txt`` in ``folder`` when the
+    address gives none: a declared class list is enforced (other labels are bad rows)."""
+    if opts.classes is not None or opts.label_cols is not None:
+        if opts.classes_file is not None:
+            raise ConfigError(f"{source}: give either classes= or classes_file=, not both")
+        return opts
+    file = folder / Path(opts.classes_file or "classes.txt").expanduser()
+    if opts.classes_file and not file.is_file():
+        raise DataError(f"classes_file {str(file)!r} does not exist (relative paths start at {folder})")
+    if not file.is_file():
+        return opts
+    names = read_lines(file)
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"{file} must list distinct class names, one per line (it has {names})")
+    logger.info("%s: classes %s from %s; other labels are bad rows", source, names, file)
+    return replace(opts, classes=names)
 
 
 def _csv_rows(csv_path: Path, table: pd.DataFrame, opts: FileOptions) -> Rows:
     source = csv_path.name
     _require_columns(table, [opts.path_col], source, "path_col")
+    opts = declared_classes(opts, csv_path.parent, source)
     if opts.label_cols is None:
         _require_columns(table, [opts.label_col], source, "label_col (or label_cols=a,b,c for 0/1 columns)")
         labels, classes, task, errors = _labels_from_column(table, opts, source)
@@ -381,7 +483,8 @@ def _csv_rows(csv_path: Path, table: pd.DataFrame, opts: FileOptions) -> Rows:
     if opts.split_col in table.columns:
         splits, split_errors = _parse_splits(table[opts.split_col])
     else:
-        splits, split_errors = auto_splits(labels, _patient_groups(table, opts, source), opts), {}
+        groups = _patient_groups(table, opts, source)
+        splits, split_errors = auto_splits(labels, groups, opts, source=source, classes=classes), {}
     errors = _merge_errors(path_errors, errors, split_errors)
     return Rows(source, table, paths, labels, classes, task, splits, errors, "row")
 
@@ -402,7 +505,7 @@ def _mask_column(table: pd.DataFrame, opts: FileOptions, source: str) -> str | N
             )
         return column
     mask_only = [k for k in MASK_OPTIONS if getattr(opts.masks, k) != getattr(MaskOptions(), k)]
-    mask_only += [k for k in ("mask_root", "classes_file") if getattr(opts, k) is not None]
+    mask_only += [k for k in ("mask_root",) if getattr(opts, k) is not None]
     if mask_only:
         why = f"task={opts.task}" if opts.task else f"it has no {column!r} column"
         raise ConfigError(f"{mask_only[0]}= applies to segmentation CSVs, but {source} is not one ({why})")
@@ -435,7 +538,7 @@ def _csv_masks(
     scan = scan_masks(paths, mask_paths, [i for i in wanted if int(i) not in known], read,
                       empty=opts.masks.empty, names=shown, sizes="object_size" not in table)  # fmt: skip
     if splits is None:  # the automatic split is stratified by "has foreground": every mask was read
-        splits = auto_splits(scan.labels, _patient_groups(table, opts, source), opts)
+        splits = auto_splits(scan.labels, _patient_groups(table, opts, source), opts, source=source)
     sizes = (
         pd.to_numeric(table["object_size"], errors="coerce") if "object_size" in table else scan.object_size
     )
@@ -499,9 +602,9 @@ def split_dirs(root: Path) -> dict[str, str]:
 
 
 def _folder_rows(root: Path, opts: FileOptions) -> Rows:
-    if not root.is_dir():
-        raise DataError(f"dataset folder {str(root)!r} does not exist; check the path in the dataset address")
+    require_folder(root, "dataset folder", "folder: names the folder that holds one subfolder per class")
     table = _folder_table(root)
+    opts = declared_classes(opts, root, root.name)
     labels, classes, errors = _encode_labels([[c] for c in table["label"]], opts, multilabel=False)
     errors = {
         i: f"class folder {table['label'].iloc[i]!r} is not one of the classes {classes}" for i in errors
@@ -513,7 +616,7 @@ def _folder_rows(root: Path, opts: FileOptions) -> Rows:
     if "split" in table.columns:
         splits = table["split"].to_numpy(dtype=object)
     else:
-        splits = auto_splits(labels, None, opts)
+        splits = auto_splits(labels, None, opts, source=root.name, classes=classes)
     paths = [str(root / p) for p in table["path"]]
     return Rows(root.name, table, paths, labels, classes, task, splits, errors, "file")
 
@@ -556,10 +659,12 @@ def _split_errors(rows: Rows, in_split: np.ndarray, verify: bool) -> dict[int, s
 def _bad_rows_message(rows: Rows, split: str, errors: dict[int, str], n_split: int) -> str:
     shown = "; ".join(f"{rows.where(i)}: {reason}" for i, reason in list(errors.items())[:_SHOWN_ERRORS])
     more = f"; ... and {len(errors) - _SHOWN_ERRORS} more" if len(errors) > _SHOWN_ERRORS else ""
-    return (
-        f"{rows.source}: {len(errors)} bad {rows.unit}(s) for split {split!r} ({n_split} in it): "
-        f"{shown}{more}. Fix or remove them, or drop them with skip_bad=True (CLI: --skip-bad-rows)"
+    fix = (
+        "Fix them: skipping would leave the split empty"
+        if len(errors) >= n_split
+        else "Fix or remove them, or drop them with skip_bad=True (CLI: --skip-bad-rows)"
     )
+    return f"{rows.source}: {len(errors)} bad {rows.unit}(s) for split {split!r} ({n_split} in it): {shown}{more}. {fix}"
 
 
 def build_split(rows: Rows, split: str, name: str, opts: FileOptions, skip_bad: bool) -> ImageFileDataset:
@@ -568,7 +673,7 @@ def build_split(rows: Rows, split: str, name: str, opts: FileOptions, skip_bad: 
     if not in_split.any():
         logger.warning("%s: split %r has no %ss; the dataset is empty", rows.source, split, rows.unit)
     errors = _split_errors(rows, in_split, opts.verify)
-    if errors and not skip_bad:
+    if errors and (not skip_bad or len(errors) >= in_split.sum()):
         raise BadRowsError(_bad_rows_message(rows, split, errors, int(in_split.sum())))
     if errors:
         logger.warning(

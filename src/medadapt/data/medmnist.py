@@ -5,8 +5,10 @@ nothing is restated here. Files are the ones ``medmnist`` itself downloads (``{f
 ``{flag}_{size}.npz`` otherwise) in the data root: the ``root`` argument, else ``$MEDADAPT_DATA``, else
 ``~/.medmnist`` (medmnist's own default, so existing downloads are reused).
 
-A file's md5 is checked once; a ``.{file}.md5ok`` sidecar (md5, byte size, mtime) next to it records the
-check so later runs skip the hashing, and any change to the file makes it run again. Each split is read
+A file's md5 is checked once; a record (md5, byte size, mtime) in the cache (``$MEDADAPT_CACHE/md5/``, never
+the data folder, which may be read-only or shared) lets later runs skip the hashing, and any change to the
+file makes it run again. A data path that is a folder or unreadable is reported as such, never downloaded
+over; a download into a read-only folder is refused before it starts. Each split is read
 from the ``.npz`` on its own (train, val and test never re-read each other's arrays) and kept in a small
 in-process cache, so loading the same split again costs nothing.
 
@@ -36,8 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._io import atomic_write, cache_home
 from ..errors import ConfigError, DataError, UnknownNameError
-from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset
+from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset, path_problem
 
 __all__ = [
     "SIZES",
@@ -146,9 +149,16 @@ def ensure_file(
     folder = Path(root).expanduser() if root is not None else default_data_root()
     path = folder / file_name(flag, size)
     url, md5 = _remote(flag, size)
-    if not path.is_file():
+    problem = path_problem(path)
+    if problem and path.exists():  # a folder or an unreadable file there: never replaced or downloaded over
+        raise DataError(
+            f"MedMNIST file {path} {problem}; medadapt never replaces it: fix it, or point --data-root (or "
+            "MEDADAPT_DATA) at the folder that holds the real file"
+        )
+    if problem:
         if not download:
             raise DataError(_missing_message(path, url, md5, "download=False"))
+        _check_writable(folder, path, url, md5)
         _download(url, path, md5)
     _verify_md5(path, md5, url)
     return path
@@ -160,6 +170,14 @@ def _missing_message(path: Path, url: str, md5: str, reason: str) -> str:
         f"(md5 {md5}) and put it in {path.parent}, or point --data-root (or the MEDADAPT_DATA environment "
         "variable) at the folder that already holds it"
     )
+
+
+def _check_writable(folder: Path, path: Path, url: str, md5: str) -> None:
+    """Refuse a download where it cannot be written (the nearest existing parent of ``folder`` decides)."""
+    parent = next(p for p in (folder, *folder.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is not a folder" if not parent.is_dir() else "is read-only"
+        raise DataError(_missing_message(path, url, md5, f"cannot download: {parent} {why}"))
 
 
 def _download(url: str, path: Path, md5: str) -> None:
@@ -201,7 +219,9 @@ def _stamp(path: Path, md5: str) -> dict[str, Any]:
 
 
 def _sidecar(path: Path) -> Path:
-    return path.with_name(f".{path.name}.md5ok")
+    """The cache's record of a verified file (keyed by its resolved path)."""
+    key = hashlib.sha1(str(path.resolve()).encode(), usedforsecurity=False).hexdigest()[:16]
+    return cache_home() / "md5" / f"{path.name}.{key}.json"
 
 
 def _stamp_key(path: Path, stamp: dict[str, Any]) -> tuple[str, int, int, str]:
@@ -235,11 +255,10 @@ def _remember(path: Path, md5: str) -> None:
     """Record a successful check in this process and, where the folder is writable, in the sidecar."""
     stamp = _stamp(path, md5)
     _VERIFIED.add(_stamp_key(path, stamp))
-    side, tmp = _sidecar(path), path.with_name(f".{path.name}.md5ok.tmp")
+    side = _sidecar(path)
     try:
-        tmp.write_text(json.dumps(stamp))
-        os.replace(tmp, side)
-    except OSError as e:  # read-only data folder: the in-process record still holds
+        atomic_write(side, json.dumps(stamp))
+    except OSError as e:  # a read-only cache: the in-process record still holds
         log.debug("could not write %s (%s)", side, e)
 
 

@@ -31,7 +31,7 @@ from ..config import RunConfig
 from ..data import SPLITS, MedicalDataset, load_dataset
 from ..data.folds import RowView, patient_ids
 from ..data.transforms import Preprocess
-from ..errors import BadRowsError, ConfigError
+from ..errors import BadRowsError, ConfigError, DataError
 from ..features import FeatureSet, extract_features
 from ..reporting.results import environment_info, save_predictions, write_environment, write_run_config
 from ..saved import ModelInfo, weights_path
@@ -114,6 +114,19 @@ def load_splits(cfg: RunConfig) -> dict[str, MedicalDataset]:
     return splits
 
 
+def require_rows(splits: dict[str, MedicalDataset], dataset: str) -> None:
+    """A single run trains on train, selects on val and reports test: none of them may be empty (cross-
+    validation pools the splits, so there an empty one is fine and this is not called)."""
+    empty = [name for name, ds in splits.items() if len(ds) == 0]
+    if empty:
+        sizes = ", ".join(f"{name} {len(ds)}" for name, ds in splits.items())
+        raise DataError(
+            f"{dataset}: the {' and '.join(empty)} split(s) are empty ({sizes} rows); a run needs rows in each: "
+            "give the dataset's split column rows for it, or change the split fractions (address option "
+            "fractions=, e.g. 0.6,0.2,0.2)"
+        )
+
+
 def image_size(cfg: RunConfig, train: MedicalDataset) -> int:
     """The backbone's input size: ``img_size``, else ``size``, else the first training image's larger side."""
     if cfg.img_size is not None:
@@ -135,6 +148,7 @@ def start_run(cfg: RunConfig) -> tuple[Path, torch.device, dict[str, MedicalData
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     splits = load_splits(cfg)
+    require_rows(splits, cfg.dataset)
     size = image_size(cfg, splits["train"])
     written = write_run_config({**recorded(cfg), "img_size": size}, out)
     write_environment(environment_info(seed=written["seeds"], device=str(device)), out)

@@ -35,7 +35,7 @@ import torch
 
 from .. import __version__
 from .._device import autocast_context, runs_bf16
-from .._io import atomic_write, exclusive_lock
+from .._io import atomic_write, cache_home, exclusive_lock
 from ..backbones.base import Backbone
 from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, make_loader
@@ -52,8 +52,7 @@ _SAVE_EVERY = 20  # batches between progress checkpoints
 
 def default_cache_dir() -> Path:
     """``$MEDADAPT_CACHE``, else ``~/.cache/medadapt/features``."""
-    env = os.environ.get("MEDADAPT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "medadapt" / "features"
+    return cache_home()
 
 
 def state_digest(module: torch.nn.Module) -> str:
