@@ -217,3 +217,30 @@ def test_python_api_mirrors_the_cli(env):
     assert {"auc", "acc", "balanced_accuracy", "cohen_kappa"} <= set(table["metric"])
     with pytest.raises(AttributeError):
         medadapt.not_an_api  # noqa: B018
+
+
+def test_other_libraries_log_no_tracebacks_through_the_cli(env, capsys, monkeypatch):
+    """pydicom logs a failed decode with ``logger.exception``: the CLI keeps one line of it, no traceback."""
+    import logging
+
+    import medadapt.cli as cli
+
+    def noisy(args):
+        try:
+            raise ValueError("JPEG 2000 decode failed")
+        except ValueError:
+            logging.getLogger("pydicom").exception("An error occurred while decoding")
+        logging.getLogger("medadapt.x").warning("ours")
+        return 0
+
+    monkeypatch.setattr(cli, "_run_list", noisy)
+    root = logging.getLogger()
+    handler = logging.StreamHandler()  # what basicConfig installs outside pytest (pytest's own is there now)
+    root.addHandler(handler)
+    try:
+        assert main(["list", "strategies"]) == 0
+    finally:
+        root.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "An error occurred while decoding (ValueError: JPEG 2000 decode failed)" in err
+    assert "Traceback" not in err and "ours" in err

@@ -527,6 +527,17 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _one_line_foreign_errors(record: logging.LogRecord) -> bool:
+    """A logging filter: another library's log record keeps its message but loses its traceback (pydicom
+    logs a failed JPEG 2000 decode with ``logger.exception`` before medadapt's own one-line error), which
+    becomes ``(ErrorType: message)`` at the end of the line."""
+    if record.exc_info and not record.name.startswith("medadapt"):
+        error = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {error})", ()
+        record.exc_info = record.exc_text = None
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
@@ -537,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # huggingface_hub prints through a handler of its own and propagates too: each of its messages (e.g. a
     # minute of "Retrying" lines offline) would print twice
     logging.getLogger("huggingface_hub").propagate = False
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_one_line_foreign_errors)
     try:
         return int(args.func(args) or 0)
     except MedadaptError as e:
