@@ -202,9 +202,10 @@ def _training_config(cls, args: argparse.Namespace):
 
 def _run_distill(args: argparse.Namespace) -> int:
     from .config import DistillConfig
+
+    cfg = _training_config(DistillConfig, args)  # checked before torch is imported (fast errors)
     from .distill.run import distill
 
-    cfg = _training_config(DistillConfig, args)
     table = distill(cfg, show_progress=True)
     print(side_by_side(table))
     out = cfg.out_dir
@@ -229,10 +230,11 @@ def _flags(args: argparse.Namespace, *, drop: tuple[str, ...] = ()) -> dict[str,
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from .api import finetune
     from .config import FinetuneConfig
 
-    cfg = _training_config(FinetuneConfig, args)
+    cfg = _training_config(FinetuneConfig, args)  # checked before torch is imported (fast errors)
+    from .api import finetune
+
     table = finetune(cfg, show_progress=True)
     print(side_by_side(table))
     print(f"results: {cfg.out_dir / 'results.csv'}")
@@ -278,12 +280,13 @@ def side_by_side(table) -> str:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from .api import probe
     from .config import ProbeConfig, load_yaml, merge_config
 
     flags = _flags(args)
     layers = [load_yaml(args.config)] if args.config else []
-    cfg = merge_config(ProbeConfig, *layers, flags)
+    cfg = merge_config(ProbeConfig, *layers, flags)  # checked before torch is imported (fast errors)
+    from .api import probe
+
     table = probe(cfg, show_progress=True)
     scored = table[table["split"].isin(["val", "test"])]
     headline = ["auc", "acc"] if "auc" in set(scored["metric"]) else ["dice", "iou"]  # masks: Dice, IoU

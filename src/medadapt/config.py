@@ -15,10 +15,9 @@ from typing import Any
 
 import yaml
 
+from ._choices import CHANNEL_MODES, INTERPOLATIONS, RESIZE_MODES
 from ._validate import choice
 from ._yaml import load as load_yaml_text
-from .backbones.base import CHANNEL_MODES
-from .data.transforms import INTERPOLATIONS, RESIZE_MODES
 from .errors import ConfigError
 
 __all__ = [
@@ -120,6 +119,16 @@ class RunConfig:
     head_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # values first, then names: the registries the names come from import torch, so a bad value (or
+        # flag, or YAML) is reported in a fraction of a second
+        self._check_values()
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Checks against the registries (heads, strategies, ...), which import torch."""
+
+    def _check_values(self) -> None:
+        """Checks that need no registry: types, ranges, fixed choices, files."""
         choice(self.resize_mode, RESIZE_MODES, "--resize-mode")
         choice(self.interpolation, INTERPOLATIONS, "--interpolation")
         choice(self.channel_mode, CHANNEL_MODES, "--channel-mode")
@@ -160,9 +169,12 @@ class ProbeConfig(RunConfig):
     #: extract patch tokens for any head (a grid does, so a linear and an attention probe share one extraction)
     with_tokens: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check_names(self) -> None:
+        super()._check_names()
         choice(self.head, tuple(dict.fromkeys([*_heads(), *_segmentation_heads()])), "--head")
+
+    def _check_values(self) -> None:
+        super()._check_values()
         if self.backbone_seed is not None and (
             not isinstance(self.backbone_seed, int) or self.backbone_seed < 0
         ):
@@ -194,14 +206,22 @@ class FinetuneConfig(RunConfig):
     resume: bool = False
     batch_size_eval: int = 256
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _check_values(self) -> None:
+        super()._check_values()
+        _kinds(self, lists=("lrs", "arms"), dicts=("train", "strategy_options"))
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in self.lrs):
+            raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
+        _unique(self.lrs, "--lrs")
+        self.arms = [_arm(a) for a in self.arms]
+        _unique([a["name"] for a in self.arms], "arms (names)")
+
+    def _check_names(self) -> None:
+        super()._check_names()
         choice(self.head, tuple(dict.fromkeys([*_heads(trainable=True), *_segmentation_heads(trainable=True)])),
                "--head")  # fmt: skip
         from .strategies import STRATEGIES
         from .training.loop import TrainConfig
 
-        _kinds(self, lists=("lrs", "arms"), dicts=("train", "strategy_options"))
         choice(self.strategy, tuple(STRATEGIES), "--strategy")
         unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
         if unknown:
@@ -209,11 +229,6 @@ class FinetuneConfig(RunConfig):
                 f"unknown training setting(s) {unknown}; valid: {sorted(f.name for f in fields(TrainConfig))}"
             )
         TrainConfig(**self.train)  # validate now, before any work
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in self.lrs):
-            raise ConfigError(f"--lrs must be positive numbers, got {self.lrs!r}")
-        _unique(self.lrs, "--lrs")
-        self.arms = [_arm(a) for a in self.arms]
-        _unique([a["name"] for a in self.arms], "arms (names)")
         if not self.arms:
             from .strategies import create_strategy
 
@@ -284,9 +299,7 @@ class DistillConfig(FinetuneConfig):
     tsne_points: int = 2000
     cache_dir: str | None = None
 
-    def __post_init__(self) -> None:
-        from .distill.loss import check_alpha_temperature
-
+    def _check_values(self) -> None:
         if self.arms:
             with_arms = [n for n in preset_names() if load_preset(n).get("arms")]
             names = [a.get("name") if isinstance(a, dict) else a for a in self.arms]
@@ -295,7 +308,7 @@ class DistillConfig(FinetuneConfig):
                 f"{with_arms} do, for finetune); use a preset without arms (medmnist_v2) or give --strategy "
                 "and the training flags"
             )
-        super().__post_init__()
+        super()._check_values()
         _kinds(self, lists=("alphas", "temperatures"))
         if isinstance(self.teacher, str):
             self.teacher = [self.teacher]
@@ -309,10 +322,15 @@ class DistillConfig(FinetuneConfig):
         _positive(self.teacher_img_size, "--teacher-img-size", allow_none=True)
         _positive(self.gradcam_images, "--gradcam-images")
         _positive(self.tsne_points, "--tsne-points")
-        for t, a in self.grid():
-            check_alpha_temperature(a, t)
         if self.teacher_weights is not None and not Path(self.teacher_weights).expanduser().exists():
             raise ConfigError(f"--teacher-weights {self.teacher_weights!r} does not exist")
+
+    def _check_names(self) -> None:
+        from .distill.loss import check_alpha_temperature
+
+        super()._check_names()
+        for t, a in self.grid():
+            check_alpha_temperature(a, t)
 
     def grid(self) -> list[tuple[float, float]]:
         """The distilled arms' ``(temperature, alpha)`` pairs, temperature-major."""

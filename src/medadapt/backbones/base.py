@@ -27,13 +27,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .._choices import CHANNEL_MODES
 from ..errors import ConfigError
 
 __all__ = ["Backbone", "BackboneSpec", "Features", "CHANNEL_MODES", "groups_from_modules", "tokens_from_map"]
 
-#: How single-channel images meet a model trained on RGB. ``sum``/``mean``/``first`` rewrite the first
-#: convolution to take one channel; ``repeat`` copies gray to three channels in the data instead.
-CHANNEL_MODES = ("sum", "mean", "first", "repeat")
 
 
 class Features(NamedTuple):

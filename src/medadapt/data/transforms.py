@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .._choices import INTERPOLATIONS, PAD_MODES, RESIZE_MODES
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -34,12 +35,6 @@ __all__ = [
     "resize",
 ]
 
-#: ``resize`` scales the image to the target; ``pad`` centres the raw image on a black (zero) canvas;
-#: ``pad_mean`` on a canvas of the normalisation mean, which is zero after normalising (the MedMNIST+
-#: reference code pads the normalised tensor).
-RESIZE_MODES = ("resize", "pad", "pad_mean")
-PAD_MODES = ("pad", "pad_mean")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 #: Our names -> ``torch.nn.functional.interpolate`` modes ("nearest-exact" matches PIL and skimage).
 _TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
 

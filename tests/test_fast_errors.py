@@ -1,0 +1,34 @@
+"""A bad flag, YAML file or value fails before torch (or timm) is imported: in a fraction of a second."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CASES = {
+    "unknown flag": ["probe", "--bogus"],
+    "YAML syntax": ["probe", "--config", "{bad_yaml}"],
+    "unknown YAML key": ["probe", "--config", "{bad_key}"],
+    "missing config": ["probe", "--config", "/nonexistent.yaml"],
+    "bad probe value": ["probe", "--dataset", "csv:x.csv", "--backbone", "timm:resnet18", "--epochs", "0"],
+    "bad finetune value": ["finetune", "--dataset", "x", "--backbone", "y", "--lrs", "-1"],
+    "distill without teacher": ["distill", "--dataset", "x", "--backbone", "y"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_fails_without_importing_torch(case, tmp_path):
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    (tmp_path / "key.yaml").write_text("epochz: 3\n")
+    argv = [a.format(bad_yaml=tmp_path / "bad.yaml", bad_key=tmp_path / "key.yaml") for a in CASES[case]]
+    code = (
+        "import sys\nfrom medadapt.cli import main\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('RESULT', code, sorted(m for m in ('torch', 'timm', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")][-1]
+    assert result == "RESULT 2 []", (result, out.stderr)
+    assert "Traceback" not in out.stderr and "error" in out.stderr
