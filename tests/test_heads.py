@@ -143,3 +143,16 @@ def test_knn_multilabel_is_weighted_average_of_labels() -> None:
 def test_knn_needs_a_bank() -> None:
     with pytest.raises(ConfigError, match="fit"):
         KNNHead(DIM, 2)(torch.zeros(1, DIM))
+
+
+def test_knn_unknown_labels_cast_no_vote():
+    """nan (unknown, e.g. CheXpert U-Ignore) labels are left out of the neighbours' average, per label."""
+    import torch.nn.functional as F
+
+    from medadapt.heads.knn import knn_scores
+
+    bank = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
+    targets = torch.tensor([[1.0, float("nan")], [0.0, float("nan")], [1.0, 1.0]])
+    scores = knn_scores(torch.tensor([[1.0, 0.0]]), bank, targets, ks=(2,), temperature=1e9)[2]
+    assert scores[0, 0].item() == pytest.approx(0.5)  # two known votes, 1 and 0, equal weights
+    assert scores[0, 1].item() == pytest.approx(1.0)  # nobody of the two knows it: the bank's rate (1/1)

@@ -195,8 +195,11 @@ class MultilabelTask(Task):
         return torch.tensor((known - pos) / np.maximum(pos, 1), dtype=torch.float32)
 
     def score_loss(self, scores: torch.Tensor, labels: np.ndarray) -> float:
+        """Binary cross-entropy over the known labels (nan ones are left out, as in the training loss)."""
         p = scores.float().clamp(1e-7, 1 - 1e-7)
-        return F.binary_cross_entropy(p, torch.tensor(np.asarray(labels)).float()).item()
+        y = torch.tensor(np.asarray(labels, dtype=np.float32))
+        known = ~torch.isnan(y)
+        return F.binary_cross_entropy(p[known], y[known]).item() if known.any() else float("nan")
 
     def targets(self, labels: np.ndarray, num_outputs: int) -> np.ndarray:
         return np.asarray(labels, dtype=np.float32)

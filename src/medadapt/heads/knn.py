@@ -73,12 +73,18 @@ def knn_scores(
         raise ConfigError("the kNN bank is empty; call KNNHead.fit(train_embeddings, targets) first")
     k_max = min(max(ks), len(bank))
     rows = max(1, max_elements // len(bank))
+    known = ~torch.isnan(targets)  # multilabel: nan marks an unknown label, which casts no vote
+    values = targets.nan_to_num(0.0)
+    # a label none of the k neighbours knows gets the bank's rate of that label (0.5 if nobody knows it)
+    prior = (values.sum(0) / known.sum(0)).nan_to_num(0.5)
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for chunk in torch.split(queries.to(bank.device, torch.float32), rows):
         sims, idx = (F.normalize(chunk, dim=1) @ bank.T).topk(k_max, dim=1)
-        weights = ((sims - sims[:, :1]) / temperature).exp()  # shifted by the top similarity: no overflow
-        votes = weights[..., None] * targets[idx]  # [b, k_max, C], sorted by similarity
+        weights = ((sims - sims[:, :1]) / temperature).exp()[..., None]  # shifted by the top: no overflow
+        votes, voters = weights * values[idx], weights * known[idx]  # [b, k_max, C], sorted by similarity
         for k in ks:
             kk = min(k, k_max)
-            out[k].append((votes[:, :kk].sum(1) / weights[:, :kk].sum(1, keepdim=True)).clamp_(0, 1))
+            total = voters[:, :kk].sum(1)
+            score = torch.where(total > 0, votes[:, :kk].sum(1) / total.clamp_min(1e-30), prior)
+            out[k].append(score.clamp_(0, 1))
     return {k: torch.cat(parts) for k, parts in out.items()}
