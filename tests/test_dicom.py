@@ -1,4 +1,7 @@
-"""DICOM reading: rescale, windowing, VOI LUT, MONOCHROME1 inversion, color, header probing."""
+"""DICOM reading: rescale, windowing, VOI LUT, MONOCHROME1 inversion, color, header probing.
+
+More: tests/test_dicom_read.py (one test per reported defect) and tests/test_dicom_bundled.py.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 
 from medadapt.data.dicom import is_dicom, probe_dicom, read_dicom
+from medadapt.data.images import Intensity
 from medadapt.errors import DataError
 
 pydicom = pytest.importorskip("pydicom")
@@ -52,11 +56,13 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_dicom(path), [[255, 255, 127, 0, 0]])
 
 
-def test_without_window_uses_min_max(tmp_path: Path) -> None:
+def test_without_window_uses_the_full_stored_range(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "a.dcm", STORED + 1000, bits=16)
-    out = read_dicom(path)
+    out = read_dicom(path)  # voi=stored without a window falls back to voi=full: 0..65535 → 0..255
     assert out.dtype == np.uint8 and out.shape == (1, 5)
-    np.testing.assert_array_equal(out, [[0, 64, 127, 191, 255]])
+    np.testing.assert_array_equal(out, np.rint((STORED + 1000.0) * 255 / 65535))
+    minmax = read_dicom(path, intensity=Intensity(voi="minmax"))
+    np.testing.assert_array_equal(minmax, [[0, 64, 128, 191, 255]])  # 127.5 rounds to even
 
 
 def test_voi_lut_sequence_scales_by_its_table(tmp_path: Path) -> None:
@@ -74,16 +80,16 @@ def test_rgb_dicom(tmp_path: Path) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
     path = write_dicom(tmp_path / "c.dcm", rgb, "RGB", bits=8)
     np.testing.assert_array_equal(read_dicom(path), rgb)
-    assert probe_dicom(path) == 3
+    assert probe_dicom(path).channels == 3
 
 
 def test_probe_and_is_dicom(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "a.dcm", STORED)
-    assert is_dicom(path) and probe_dicom(path) == 1
+    assert is_dicom(path) and probe_dicom(path).channels == 1
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not a dicom file")
     assert not is_dicom(junk) and not is_dicom(tmp_path / "missing.dcm")
-    with pytest.raises(DataError, match="not a readable DICOM"):
+    with pytest.raises(DataError, match="not a DICOM Part 10 file"):
         probe_dicom(junk)
     with pytest.raises(DataError, match="junk.dcm"):
         read_dicom(junk)
