@@ -91,11 +91,22 @@ def test_gray_only_dataset_has_one_channel(mixed: tuple[Path, dict]) -> None:
     ds = load_dataset(f"csv:{csv}", "train")
     assert ds.n_channels == 1 and ds.classes == ["0", "1"]
     images = {name: ds.image(i)[0] for i, name in enumerate(gray_names)}
-    # 16-bit files are scaled by their own min/max; MONOCHROME1 is the inverse of MONOCHROME2
-    assert images["deep.tif"].min() == 0 and images["deep.tif"].max() == 255
-    assert images["deep.png"].tolist() == [[0, 51, 102], [153, 204, 255]]
+    # 16-bit files are scaled by their bit depth (one scale for the whole dataset), DICOM without a window
+    # by its stored range (12 bits here); MONOCHROME1 is the inverse of MONOCHROME2
+    deep = np.arange(6).reshape(2, 3) * 4000
+    assert images["deep.png"].tolist() == np.rint(deep * 255 / 65535).astype(int).tolist()
+    assert (
+        images["deep.tif"].tolist()
+        == np.rint((np.arange(12).reshape(3, 4) * 200 + 1000) * 255 / 65535).tolist()
+    )
     assert torch.equal(images["mono1.dcm"], 255 - images["mono2.dcm"])
-    assert images["mono2.dcm"][0, 0] == 0 and images["mono2.dcm"][-1, -1] == 255
+    assert (
+        images["mono2.dcm"].flatten().tolist()
+        == np.rint(np.arange(20) * 100 * 255 / 4095).astype(int).tolist()
+    )
+    minmax = load_dataset(f"csv:{csv}?voi=minmax", "train")  # each image by its own min/max, on request
+    deep_png = minmax.image(gray_names.index("deep.png"))[0]
+    assert deep_png.tolist() == [[0, 51, 102], [153, 204, 255]]
 
 
 def _multilabel_rows(tmp_path: Path) -> list[dict]:

@@ -144,3 +144,27 @@ def test_path_problem_tells_unreadable_apart(tmp_path, monkeypatch):
     assert path_problem(tmp_path / "f") is None and path_problem(tmp_path, folder=True) is None
     monkeypatch.setattr(os, "access", lambda p, mode: False)
     assert path_problem(tmp_path / "f") == "is not readable (permission denied)"
+
+
+def test_cross_validation_pools_the_splits_so_the_automatic_split_is_not_checked(tmp_path):
+    """A grid with folds pools train/val/test: a val split without class b does not matter there."""
+    from medadapt.data.tables import pooled_splits
+
+    csv = _table(tmp_path, ["a"] * 18 + ["b"] * 2)
+    with pooled_splits():
+        parts = [load_dataset(f"csv:{csv}", s) for s in ("train", "val", "test")]
+    assert sum(len(p) for p in parts) == 20
+    with pytest.raises(DataError, match="leaves class 'b' out"):  # outside, the check is back
+        load_dataset(f"csv:{csv}", "train")
+
+
+def test_a_file_that_fails_to_decode_late_names_its_row(tmp_path):
+    """The header probe passes a PNG whose pixel data is cut; reading it during training names the row."""
+    csv = _table(tmp_path, ["a", "b"] * 3, split=["train"] * 2 + ["val"] * 2 + ["test"] * 2)
+    png = tmp_path / "img" / "1.png"
+    png.write_bytes(png.read_bytes()[:60])  # header intact, image data truncated
+    ds = load_dataset(f"csv:{csv}", "train")
+    with pytest.raises(DataError, match=r"\(train split\), row 1 \(add verify=true.*1.png"):
+        ds[1]
+    with pytest.raises(BadRowsError, match=r"row 1 \(line 3\): unreadable image .*1.png"):
+        load_dataset(f"csv:{csv}?verify=true", "train")

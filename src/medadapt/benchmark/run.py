@@ -212,6 +212,7 @@ def _note_groups(grid: Grid, overrides: dict[str, Any] | None) -> None:
     """Say once per dataset when cross-validation folds have no patient ids to group by."""
     from .. import config as configs
     from ..data.folds import patient_ids, pooled
+    from ..data.tables import pooled_splits
     from ..driver import load_splits
 
     seen = set()
@@ -222,7 +223,8 @@ def _note_groups(grid: Grid, overrides: dict[str, Any] | None) -> None:
         cfg = configs.ProbeConfig(**{k: v for k, v in cell.config.items()
                                      if k in {f.name for f in dataclasses.fields(configs.RunConfig)}})  # fmt: skip
         try:
-            pool = pooled(load_splits(cfg))
+            with pooled_splits():
+                pool = pooled(load_splits(cfg))
         except Exception as e:  # noqa: BLE001 - the cells will fail with it and record it
             log.warning("dataset %s: %s", cell.dataset, e)
             continue

@@ -10,6 +10,7 @@ waits, then finds it done.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -91,8 +92,8 @@ def _run(
     if spec.get("depends_folder"):  # a distillation's teacher: the saved model of the cell it depends on
         config["teacher"] = [str(cells_root / spec["depends_folder"])]
     cfg = cls(**{**config, "out": str(folder), **resume})
-    splits = _splits(cfg, state)
     fold, folds = spec["fold"], spec["folds"]
+    splits = _splits(cfg, state, pooled=fold is not None)
     if fold is not None:
         splits = _fold(cfg, splits, folds, fold, state)
     ctx = CellContext(splits=splits, img_size=image_size(cfg, splits["train"]), device=resolve_device(cfg.device),
@@ -103,15 +104,20 @@ def _run(
     return [{**r, **names, "dataset_address": r["dataset"], "backbone_address": r["backbone"]} for r in rows]
 
 
-def _splits(cfg, state: WorkerState):
-    """The dataset's official splits, loaded once per worker."""
-    from ..driver import load_splits
+def _splits(cfg, state: WorkerState, *, pooled: bool):
+    """The dataset's official splits, loaded once per worker; ``pooled``: for cross-validation folds, which
+    pool them (an automatic split is then not checked: :func:`~medadapt.data.tables.pooled_splits`)."""
+    from ..data.tables import pooled_splits
+    from ..driver import load_splits, require_rows
 
-    key = (cfg.dataset, cfg.size, cfg.data_root, cfg.skip_bad_rows)
+    key = (cfg.dataset, cfg.size, cfg.data_root, cfg.skip_bad_rows, pooled)
     if key not in state.datasets:
         state.datasets.clear()  # one dataset at a time: grids run a dataset's cells together
         state.folds.clear()
-        state.datasets[key] = load_splits(cfg)
+        with pooled_splits() if pooled else contextlib.nullcontext():
+            state.datasets[key] = load_splits(cfg)
+    if not pooled:
+        require_rows(state.datasets[key], cfg.dataset)
     return state.datasets[key]
 
 

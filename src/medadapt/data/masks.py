@@ -45,7 +45,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 from .base import MedicalDataset
-from .images import _PIL_ERRORS, is_dicom_file, read_image
+from .images import _PIL_ERRORS, DEFAULT_INTENSITY, Intensity, is_dicom_file, read_image
 from .transforms import INTERPOLATIONS, resize
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "MaskScan",
     "SegmentationDataset",
     "image_shape",
+    "resize_image",
     "mask_classes",
     "mask_columns",
     "object_size",
@@ -74,6 +75,12 @@ Palette = tuple[tuple[int, int, int], ...]
 
 
 # --------------------------------------------------------------------------------------------- dataset
+
+
+def resize_image(img: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+    """A uint8 ``[C, H, W]`` image resized to ``size`` x ``size`` (uint8 again, rounded)."""
+    x = resize(img[None].float().div_(255), (size, size), interpolation)
+    return x[0].mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class SegmentationDataset(MedicalDataset):
@@ -97,12 +104,13 @@ class SegmentationDataset(MedicalDataset):
         interpolation: str,
         read: Callable[[str], np.ndarray],
         patient_col: str = "patient_id",
+        intensity: Intensity = DEFAULT_INTENSITY,
     ) -> None:
         assert len(paths) == len(mask_paths) == len(labels) == len(metadata)
         self.name, self.split, self.classes, self.n_channels = name, split, classes, n_channels
         self.paths, self.mask_paths, self.labels, self.metadata = paths, mask_paths, labels, metadata
         self.skipped, self.size, self.interpolation, self._read = skipped, size, interpolation, read
-        self.patient_col = patient_col
+        self.patient_col, self.intensity = patient_col, intensity
 
     @classmethod
     def wrap(
@@ -117,6 +125,11 @@ class SegmentationDataset(MedicalDataset):
     ) -> SegmentationDataset:
         """The images of ``base`` (one loaded split) with their masks; the ``size`` loader argument wins over
         ``opts.size``."""
+        if getattr(base, "frames", None) is not None:
+            raise ConfigError(
+                f"{base.name}: frames=all makes one sample per frame of a multi-frame DICOM, but a mask belongs "
+                "to a whole image; use frames=first for segmentation"
+            )
         if size is not None and opts.size is not None and size != opts.size:
             logger.warning("size=%s overrides ?size=%s in %s", size, opts.size, base.name)
         return cls(
@@ -133,15 +146,13 @@ class SegmentationDataset(MedicalDataset):
             interpolation=opts.interpolation,
             read=read,
             patient_col=getattr(base, "patient_col", None) or "patient_id",
+            intensity=getattr(base, "intensity", DEFAULT_INTENSITY),
         )
 
     def image(self, i: int) -> torch.Tensor:
         """uint8 ``[C, H, W]``, resized to ``size`` when given."""
-        img = read_image(self.paths[i], self.n_channels)
-        if self.size is None:
-            return img
-        x = resize(img[None].float().div_(255), (self.size, self.size), self.interpolation)
-        return x[0].mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        img = read_image(self.paths[i], self.n_channels, intensity=self.intensity)
+        return img if self.size is None else resize_image(img, self.size, self.interpolation)
 
     def mask(self, i: int) -> torch.Tensor:
         """int64 ``[H, W]`` class indices, resized to ``size`` by nearest neighbour when given."""

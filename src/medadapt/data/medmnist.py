@@ -5,7 +5,7 @@ nothing is restated here. Files are the ones ``medmnist`` itself downloads (``{f
 ``{flag}_{size}.npz`` otherwise) in the data root: the ``root`` argument, else ``$MEDADAPT_DATA``, else
 ``~/.medmnist`` (medmnist's own default, so existing downloads are reused).
 
-A file's md5 is checked once; a record (md5, byte size, mtime) in the cache (``$MEDADAPT_CACHE/md5/``, never
+A file's md5 is checked once; a record (md5, byte size, mtime) in the cache (``$MEDADAPT_CACHE/.md5/``, never
 the data folder, which may be read-only or shared) lets later runs skip the hashing, and any change to the
 file makes it run again. A data path that is a folder or unreadable is reported as such, never downloaded
 over; a download into a read-only folder is refused before it starts. Each split is read
@@ -221,7 +221,7 @@ def _stamp(path: Path, md5: str) -> dict[str, Any]:
 def _sidecar(path: Path) -> Path:
     """The cache's record of a verified file (keyed by its resolved path)."""
     key = hashlib.sha1(str(path.resolve()).encode(), usedforsecurity=False).hexdigest()[:16]
-    return cache_home() / "md5" / f"{path.name}.{key}.json"
+    return cache_home() / ".md5" / f"{path.name}.{key}.json"
 
 
 def _stamp_key(path: Path, stamp: dict[str, Any]) -> tuple[str, int, int, str]:

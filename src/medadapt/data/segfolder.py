@@ -63,18 +63,8 @@ import pandas as pd
 
 from ..errors import ConfigError, DataError
 from .base import DATASETS, DatasetAddress
-from .folder import (
-    IMAGE_SUFFIXES,
-    SPLIT_ALIASES,
-    FileOptions,
-    Rows,
-    as_float,
-    auto_splits,
-    build_split,
-    check_options,
-    list_images,
-    split_dirs,
-)
+from .folder import list_images, split_dirs
+from .images import DEFAULT_INTENSITY, INTENSITY_OPTIONS, Intensity
 from .masks import (
     MASK_OPTIONS,
     SIZE_BANDS,
@@ -89,13 +79,23 @@ from .masks import (
     size_bands,
 )
 from .splits import DEFAULT_FRACTIONS, grouped_split
+from .tables import (
+    IMAGE_SUFFIXES,
+    SPLIT_ALIASES,
+    FileOptions,
+    Rows,
+    as_float,
+    auto_splits,
+    build_split,
+    check_options,
+)
 
 __all__ = ["SegmentationDataset", "load_segfolder", "read_mask", "SIZE_BANDS", "size_bands"]
 
 logger = logging.getLogger(__name__)
 
 _SHARED = ("classes", "seed", "fractions", "channels", "skip_bad", "verify")  # checked as folder.py does
-_OPTIONS = (*_SHARED, *MASK_OPTIONS, "val_fraction", "val_list", "mask_suffix")
+_OPTIONS = (*_SHARED, *MASK_OPTIONS, *INTENSITY_OPTIONS, "val_fraction", "val_list", "mask_suffix")
 
 
 # --------------------------------------------------------------------------------------------- options
@@ -113,6 +113,7 @@ class _SegOptions:
     val_list: str | None = None
     mask_suffix: str = ""
     masks: MaskOptions = field(default_factory=MaskOptions)
+    intensity: Intensity = DEFAULT_INTENSITY
     patient_col: ClassVar[str] = "patient_id"  # the metadata column of patient ids (read by build_split)
 
     @classmethod
@@ -120,12 +121,13 @@ class _SegOptions:
         check_options(options, _OPTIONS, "segfolder")
         shared = FileOptions.parse({k: v for k, v in options.items() if k in _SHARED}, _SHARED, "segfolder")
         masks = MaskOptions.parse(options)
-        values = {k: v for k, v in options.items() if k not in _SHARED and k not in MASK_OPTIONS}
+        values = {k: v for k, v in options.items() if k not in (*_SHARED, *MASK_OPTIONS, *INTENSITY_OPTIONS)}
         if "val_fraction" in values:
             values["val_fraction"] = as_float(values["val_fraction"], "val_fraction")
         if "mask_suffix" in values:
             values["mask_suffix"] = str(values["mask_suffix"])
-        return cls(**{k: getattr(shared, k) for k in _SHARED}, **values, masks=masks)
+        return cls(**{k: getattr(shared, k) for k in _SHARED}, **values, masks=masks,
+                   intensity=Intensity.parse(options))  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.val_list not in (None, "test", "val"):
