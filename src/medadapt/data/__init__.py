@@ -1,6 +1,7 @@
-"""Datasets (MedMNIST v2, CSV / image folders, DICOM) and batched tensor preprocessing."""
+"""Datasets (MedMNIST v2, CSV / image folders, DICOM, the seed layouts) and batched tensor preprocessing."""
 
-from . import folder, medmnist, segfolder  # noqa: F401  (register the dataset kinds)
+# importing the kinds registers them
+from . import aptos, cbis_ddsm, chexpert, folder, isic, medmnist, segfolder, siim_acr  # noqa: F401
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset, load_dataset
 from .splits import grouped_split, patient_kfold
 from .transforms import Preprocess, collate, make_loader
