@@ -551,8 +551,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # huggingface_hub prints through a handler of its own and propagates too: each of its messages (e.g. a
     # minute of "Retrying" lines offline) would print twice
     logging.getLogger("huggingface_hub").propagate = False
-    for handler in logging.getLogger().handlers:
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
         handler.addFilter(_one_line_foreign_errors)
+    try:
+        return _run(args)
+    finally:  # main() may be called from Python: leave the caller's handlers as they were
+        for handler in handlers:
+            handler.removeFilter(_one_line_foreign_errors)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the subcommand; medadapt's own errors become one line and exit code 2."""
     try:
         return int(args.func(args) or 0)
     except MedadaptError as e:
