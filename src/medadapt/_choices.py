@@ -6,7 +6,10 @@ They are defined here once and re-exported where they act (:mod:`medadapt.backbo
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL_MODES", "INTERPOLATIONS", "RESIZE_MODES", "PAD_MODES"]
+__all__ = ["CHANNEL_MODES", "CLASSIFICATION_TASKS", "INTERPOLATIONS", "RESIZE_MODES", "PAD_MODES"]
+
+#: The classification tasks (:data:`medadapt.tasks.TASKS` registers one Task each, and segmentation).
+CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel", "ordinal")
 
 #: How single-channel images meet a model trained on RGB. ``sum``/``mean``/``first`` rewrite the first
 #: convolution to take one channel; ``repeat`` copies gray to three channels in the data instead.

@@ -189,21 +189,34 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _training_config(cls, args: argparse.Namespace):
-    """``cls`` from preset < --config < flags."""
-    from .config import load_preset, load_yaml, merge_config
+    """``cls`` from preset < --config < flags, checked (see :func:`_checked`)."""
+    from .config import load_preset, load_yaml
 
     flags = _flags(args)
     if flags.get("strategy_options"):
         flags["strategy_options"] = _key_values(flags["strategy_options"], "--option")
     layers = [load_preset(args.preset)] if args.preset else []
     layers += [load_yaml(args.config)] if args.config else []
-    return merge_config(cls, *layers, flags)
+    return _checked(cls, *layers, flags)
+
+
+def _checked(cls, *layers: dict[str, Any]):
+    """The config from its layers, checked in the order that keeps errors fast: values, then the dataset
+    address and its files, both without torch (a fraction of a second); then the registry names (torch)."""
+    from .config import merge_config, names_checked_later
+    from .data.base import check_dataset
+
+    with names_checked_later():
+        cfg = merge_config(cls, *layers)
+    check_dataset(cfg.dataset)
+    cfg.check_names()
+    return cfg
 
 
 def _run_distill(args: argparse.Namespace) -> int:
     from .config import DistillConfig
 
-    cfg = _training_config(DistillConfig, args)  # checked before torch is imported (fast errors)
+    cfg = _training_config(DistillConfig, args)
     from .distill.run import distill
 
     table = distill(cfg, show_progress=True)
@@ -232,7 +245,7 @@ def _flags(args: argparse.Namespace, *, drop: tuple[str, ...] = ()) -> dict[str,
 def _run_finetune(args: argparse.Namespace) -> int:
     from .config import FinetuneConfig
 
-    cfg = _training_config(FinetuneConfig, args)  # checked before torch is imported (fast errors)
+    cfg = _training_config(FinetuneConfig, args)
     from .api import finetune
 
     table = finetune(cfg, show_progress=True)
@@ -280,11 +293,11 @@ def side_by_side(table) -> str:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from .config import ProbeConfig, load_yaml, merge_config
+    from .config import ProbeConfig, load_yaml
 
     flags = _flags(args)
     layers = [load_yaml(args.config)] if args.config else []
-    cfg = merge_config(ProbeConfig, *layers, flags)  # checked before torch is imported (fast errors)
+    cfg = _checked(ProbeConfig, *layers, flags)
     from .api import probe
 
     table = probe(cfg, show_progress=True)

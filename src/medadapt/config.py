@@ -7,7 +7,10 @@ arm, and a later ``--lr`` replaces an earlier LR search (``lrs``); a later ``--s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -27,6 +30,7 @@ __all__ = [
     "DistillConfig",
     "load_yaml",
     "merge_config",
+    "names_checked_later",
     "load_preset",
     "preset_names",
 ]
@@ -120,8 +124,14 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # values first, then names: the registries the names come from import torch, so a bad value (or
-        # flag, or YAML) is reported in a fraction of a second
+        # flag, or YAML) is reported in a fraction of a second; inside names_checked_later() the caller
+        # runs check_names() itself (the CLI checks the dataset and its files in between)
         self._check_values()
+        if not _NAMES_LATER.get():
+            self._check_names()
+
+    def check_names(self) -> None:
+        """The registry checks (heads, strategies, ...) deferred by :func:`names_checked_later`."""
         self._check_names()
 
     def _check_names(self) -> None:
@@ -353,6 +363,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"--config {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}"
         )
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+_NAMES_LATER: contextvars.ContextVar[bool] = contextvars.ContextVar("medadapt_names_later", default=False)
+
+
+@contextlib.contextmanager
+def names_checked_later() -> Iterator[None]:
+    """Configs built inside check their values only; call ``cfg.check_names()`` after (it imports torch)."""
+    token = _NAMES_LATER.set(True)
+    try:
+        yield
+    finally:
+        _NAMES_LATER.reset(token)
 
 
 def merge_config(cls: type, *layers: dict[str, Any]):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._choices import CLASSIFICATION_TASKS as _CLASSIFICATION_NAMES
 from ._registry import Registry
 from .errors import ConfigError, DataError
 
@@ -411,6 +412,7 @@ TASKS.register("segmentation", SegmentationTask())
 
 #: The tasks with a label per image (the classification metrics serve these).
 CLASSIFICATION_TASKS = tuple(n for n in TASKS if TASKS.get(n).kind == "classification")
+assert CLASSIFICATION_TASKS == _CLASSIFICATION_NAMES, "medadapt._choices lists the classification tasks"
 
 
 def get_task(task: str | Task) -> Task:

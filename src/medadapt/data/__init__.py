@@ -4,7 +4,6 @@
 from . import aptos, cbis_ddsm, chexpert, folder, isic, medmnist, segfolder, siim_acr  # noqa: F401
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset, load_dataset
 from .splits import grouped_split, patient_kfold
-from .transforms import Preprocess, collate, make_loader
 
 __all__ = [
     "DATASETS",
@@ -18,3 +17,13 @@ __all__ = [
     "make_loader",
     "patient_kfold",
 ]
+
+
+def __getattr__(name: str):
+    """``Preprocess``, ``collate`` and ``make_loader`` (torch) load on first use: the dataset layer itself
+    imports without torch, so that a bad dataset address or file is reported in a fraction of a second."""
+    if name in ("Preprocess", "collate", "make_loader"):
+        from . import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -97,7 +97,9 @@ def _check(address: DatasetAddress) -> None:
     layout_options(address.options, _OPTIONS, "aptos2019")
 
 
-@DATASETS.register("aptos2019", examples=lambda: ["aptos2019:DIR"], check=_check)
+@DATASETS.register(
+    "aptos2019", examples=lambda: ["aptos2019:DIR"], check=_check, location="folder", download=URL
+)
 def load_aptos2019(
     address: DatasetAddress, split: str, *, skip_bad: bool = False, **ignored: Any
 ) -> ImageFileDataset:

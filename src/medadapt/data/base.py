@@ -13,33 +13,37 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
 
 from .._address import format_address, split_address
 from .._registry import Registry
 from ..errors import ConfigError, DataError
-from ..tasks import TASKS
+
+if (
+    TYPE_CHECKING
+):  # the dataset layer imports without torch or pandas: bad input fails in a fraction of a second
+    import pandas as pd
+    import torch
 
 __all__ = [
-    "TASKS",
     "SPLITS",
     "MedicalDataset",
     "DatasetAddress",
     "DATASETS",
+    "check_dataset",
     "load_dataset",
     "path_problem",
     "require_file",
     "require_folder",
+    "where_is",
 ]
 
 SPLITS = ("train", "val", "test")
 
 
-class MedicalDataset(torch.utils.data.Dataset):
+class MedicalDataset:
     """Base class: subclasses set the attributes below and implement ``image(i) -> uint8 Tensor[C, H, W]``."""
 
     name: str  # the address it was loaded from
@@ -62,6 +66,8 @@ class MedicalDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch  # the dataset layer imports without torch, so that bad input fails fast
+
         item = {"image": self.image(i), "label": torch.from_numpy(self.labels[i]), "index": int(i)}
         if hasattr(self, "mask"):  # segmentation datasets: ``mask(i) -> LongTensor[H, W]``
             item["mask"] = self.mask(i)
@@ -87,6 +93,29 @@ class DatasetAddress:
 
 #: Dataset kinds. A loader is called as ``loader(address, split, **kwargs)`` and returns a MedicalDataset.
 DATASETS: Registry[Callable[..., MedicalDataset]] = Registry("dataset kind")
+
+
+def check_dataset(address: str | DatasetAddress) -> DatasetAddress:
+    """Check a dataset address without loading anything (and without torch): its kind, its options (the
+    kind's ``check`` hook) and, for kinds whose location is a file or folder (registered with
+    ``location="file"`` or ``"folder"``), that it is one and is readable. The CLI calls it before any work.
+
+    Example:
+        >>> check_dataset("csv:/nowhere/labels.csv")  # doctest: +SKIP
+        DataError: dataset file '/nowhere/labels.csv' does not exist; ...
+    """
+    addr = address if isinstance(address, DatasetAddress) else DatasetAddress.parse(address)
+    meta = DATASETS.meta(addr.kind)
+    if meta.get("check") is not None:
+        meta["check"](addr)
+    kind = meta.get("location")
+    if kind in ("file", "folder"):
+        check = require_file if kind == "file" else require_folder
+        fix = f"check the location in {addr.kind}:LOCATION"
+        if meta.get("download"):
+            fix = f"give the folder of the download as distributed (get it from {meta['download']})"
+        check(Path(addr.location).expanduser(), f"dataset {kind}", fix)
+    return addr
 
 
 def load_dataset(address: str | DatasetAddress, split: str, **kwargs: Any) -> MedicalDataset:
@@ -138,3 +167,9 @@ def require_folder(path: str | os.PathLike, what: str, fix: str) -> Path:
     if problem:
         raise DataError(f"{what} {str(path)!r} {problem}; {fix}")
     return Path(path)
+
+
+def where_is(ds: MedicalDataset, i: int) -> str:
+    """Sample ``i`` of a loaded split as the user knows it: its row in the source table (and the rerun hint)."""
+    row = ds.metadata["row"].iat[i] if "row" in ds.metadata.columns else i
+    return f"row {row} (add verify=true to the address to find such files before any work)"

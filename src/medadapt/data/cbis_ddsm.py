@@ -325,4 +325,6 @@ load_cbis_ddsm = DATASETS.register(
     _load,
     examples=lambda: ["cbis-ddsm:DIR"],
     check=lambda address: _Options.parse(address.options),
+    location="folder",
+    download=URL,
 )

@@ -257,7 +257,9 @@ def _check(address: DatasetAddress) -> None:
     ChexpertOptions.parse(address.options)
 
 
-@DATASETS.register("chexpert", examples=lambda: ["chexpert:DIR"], check=_check)
+@DATASETS.register(
+    "chexpert", examples=lambda: ["chexpert:DIR"], check=_check, location="folder", download=URL
+)
 def load_chexpert(
     address: DatasetAddress, split: str, *, skip_bad: bool = False, **ignored: Any
 ) -> ImageFileDataset:

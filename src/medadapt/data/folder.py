@@ -261,7 +261,12 @@ def _folder_rows(root: Path, opts: FileOptions) -> Rows:
 # ---------------------------------------------------------------------------------------------- kinds
 
 
-@DATASETS.register("csv", examples=lambda: ["csv:PATH.csv"])
+@DATASETS.register(
+    "csv",
+    examples=lambda: ["csv:PATH.csv"],
+    check=lambda address: FileOptions.parse(address.options, CSV_OPTIONS, "csv"),
+    location="file",
+)
 def load_csv(
     address: DatasetAddress, split: str, *, size: int | None = None, skip_bad: bool = False, **ignored: Any
 ) -> ImageFileDataset | SegmentationDataset:
@@ -279,7 +284,12 @@ def load_csv(
     return build_split(_csv_rows(csv_path, table, opts), split, str(address), opts, skip_bad)
 
 
-@DATASETS.register("folder", examples=lambda: ["folder:DIR"])
+@DATASETS.register(
+    "folder",
+    examples=lambda: ["folder:DIR"],
+    check=lambda address: FileOptions.parse(address.options, COMMON_OPTIONS, "folder"),
+    location="folder",
+)
 def load_folder(
     address: DatasetAddress, split: str, *, size: int | None = None, skip_bad: bool = False, **ignored: Any
 ) -> ImageFileDataset:

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..errors import DataError
 from ._intensity import DEFAULT_INTENSITY, INTENSITY_OPTIONS, ImageInfo, Intensity, apply_fixed
+
+if TYPE_CHECKING:
+    import torch
+
 from .dicom import is_dicom, probe_dicom, read_dicom
 
 __all__ = [
@@ -60,6 +64,8 @@ def read_image(
     else:
         arr = _read_pil(path, intensity)
     arr = _to_channels(arr, channels)
+    import torch  # imported on first read: the dataset layer itself imports without torch
+
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 

@@ -208,7 +208,9 @@ def _check(address: DatasetAddress) -> None:
     IsicOptions(address.options)
 
 
-@DATASETS.register("isic2019", examples=lambda: ["isic2019:DIR"], check=_check)
+@DATASETS.register(
+    "isic2019", examples=lambda: ["isic2019:DIR"], check=_check, location="folder", download=URL
+)
 def load_isic2019(
     address: DatasetAddress, split: str, *, skip_bad: bool = False, **ignored: Any
 ) -> ImageFileDataset:

@@ -36,17 +36,19 @@ import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
+from .._choices import INTERPOLATIONS
 from ..errors import ConfigError, DataError
-from .base import MedicalDataset
+from .base import MedicalDataset, where_is
 from .images import _PIL_ERRORS, DEFAULT_INTENSITY, Intensity, is_dicom_file, read_image
-from .transforms import INTERPOLATIONS, resize
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MASK_OPTIONS",
@@ -79,6 +81,10 @@ Palette = tuple[tuple[int, int, int], ...]
 
 def resize_image(img: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     """A uint8 ``[C, H, W]`` image resized to ``size`` x ``size`` (uint8 again, rounded)."""
+    import torch
+
+    from .transforms import resize  # torch: imported on first use, so the dataset layer imports without it
+
     x = resize(img[None].float().div_(255), (size, size), interpolation)
     return x[0].mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
@@ -151,11 +157,18 @@ class SegmentationDataset(MedicalDataset):
 
     def image(self, i: int) -> torch.Tensor:
         """uint8 ``[C, H, W]``, resized to ``size`` when given."""
-        img = read_image(self.paths[i], self.n_channels, intensity=self.intensity)
+        try:
+            img = read_image(self.paths[i], self.n_channels, intensity=self.intensity)
+        except DataError as e:  # passed the header probe, fails to decode: name its row
+            raise DataError(f"{self.name} ({self.split} split), {where_is(self, i)}: {e}") from e
         return img if self.size is None else resize_image(img, self.size, self.interpolation)
 
     def mask(self, i: int) -> torch.Tensor:
         """int64 ``[H, W]`` class indices, resized to ``size`` by nearest neighbour when given."""
+        import torch
+
+        from .transforms import resize
+
         mask = torch.from_numpy(self._read(self.mask_paths[i]).astype(np.int64))
         if self.size is None:
             return mask

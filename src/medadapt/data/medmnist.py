@@ -24,23 +24,27 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import shutil
+import sys
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .._io import atomic_write, cache_home
 from ..errors import ConfigError, DataError, UnknownNameError
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset, path_problem
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SIZES",
@@ -73,22 +77,31 @@ _VERIFIED: set[tuple[str, int, int, str]] = set()  # (path, bytes, mtime_ns, md5
 
 
 def _info() -> dict[str, dict[str, Any]]:
-    """``medmnist.INFO``, imported lazily (importing medmnist is slow and creates ``~/.medmnist``)."""
-    from medmnist.info import INFO
-
-    return INFO
+    """``medmnist.INFO``, imported lazily. ``import medmnist.info`` runs the package's ``__init__``, which
+    imports torch (seconds): when medmnist is not imported yet, its ``info`` module alone is loaded under its
+    own name, so that ``medmnist`` reuses it later and a bad flag is reported before torch is imported."""
+    module = sys.modules.get("medmnist.info")
+    if module is None:
+        spec = importlib.util.find_spec("medmnist")
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError("the medmnist package is not installed; pip install medmnist")
+        info = Path(next(iter(spec.submodule_search_locations))) / "info.py"
+        loaded = importlib.util.spec_from_file_location("medmnist.info", info)
+        module = importlib.util.module_from_spec(loaded)
+        sys.modules["medmnist.info"] = module
+        try:
+            loaded.loader.exec_module(module)
+        except BaseException:
+            del sys.modules["medmnist.info"]
+            raise
+    return module.INFO
 
 
 @functools.cache
 def flags() -> tuple[str, ...]:
-    """The 2D MedMNIST flags of the installed ``medmnist``, in ``INFO`` order."""
-    import medmnist.dataset as mds
-
-    return tuple(
-        flag
-        for flag, info in _info().items()
-        if issubclass(getattr(mds, info["python_class"]), mds.MedMNIST2D)
-    )
+    """The 2D MedMNIST flags of the installed ``medmnist``, in ``INFO`` order (its 3D sets' classes end in
+    ``3D``: ``OrganMNIST3D``, ...)."""
+    return tuple(flag for flag, info in _info().items() if not info["python_class"].endswith("3D"))
 
 
 def _check_flag(location: str) -> str:
@@ -335,12 +348,16 @@ class MedMNISTDataset(MedicalDataset):
         self.n_channels = int(info["n_channels"])
         self.labels = labels.astype(np.int64)
         self.metadata = pd.DataFrame({"index": np.arange(len(labels))})
+        import torch  # here, not at the top: the dataset layer imports without torch (fast errors)
+
         # [N, C, H, W] views of the arrays: gray gains a channel axis, RGB (N, H, W, 3) is permuted; no copy
         arr = torch.from_numpy(images)
         self._images = arr.unsqueeze(1) if arr.ndim == 3 else arr.permute(0, 3, 1, 2)
 
     def image(self, i: int) -> torch.Tensor:
         """uint8 ``[C, H, W]``, a fresh contiguous copy."""
+        import torch
+
         return self._images[i].clone(memory_format=torch.contiguous_format)
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
@@ -349,6 +366,8 @@ class MedMNISTDataset(MedicalDataset):
         idx = np.where(idx < 0, idx + len(self), idx)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} samples: {indices}")
+        import torch
+
         images = self._images[torch.from_numpy(idx)].contiguous()
         labels = torch.from_numpy(self.labels[idx])
         return [{"image": images[k], "label": labels[k], "index": int(i)} for k, i in enumerate(idx)]

@@ -392,4 +392,5 @@ load_segfolder = DATASETS.register(
     _load,
     examples=lambda: ["segfolder:DIR"],
     check=lambda address: _SegOptions.parse(address.options),
+    location="folder",
 )

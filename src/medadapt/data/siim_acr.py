@@ -240,4 +240,6 @@ load_siim_acr = DATASETS.register(
     _load,
     examples=lambda: ["siim-acr:DIR"],
     check=lambda address: _parse(address.options),
+    location="folder",
+    download=URL,
 )

@@ -18,15 +18,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from .._choices import CLASSIFICATION_TASKS as TASKS
 from ..errors import BadRowsError, ConfigError, DataError
-from ..tasks import CLASSIFICATION_TASKS as TASKS
-from .base import SPLITS, MedicalDataset, path_problem
+from .base import SPLITS, MedicalDataset, path_problem, where_is
 from .images import DEFAULT_INTENSITY, INTENSITY_OPTIONS, Intensity, probe_image, read_image
 from .masks import MASK_OPTIONS, MaskOptions, read_lines
 from .splits import DEFAULT_FRACTIONS, grouped_split
@@ -56,8 +55,10 @@ __all__ = [
     "require_columns",
     "resolve_paths",
     "split_problem",
-    "where_is",
 ]
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,6 @@ class ImageFileDataset(MedicalDataset):
 
     def __repr__(self) -> str:
         return f"ImageFileDataset({self.name!r}, split={self.split!r}, n={len(self)}, task={self.task!r})"
-
-
-def where_is(ds: MedicalDataset, i: int) -> str:
-    """Sample ``i`` of a loaded split as the user knows it: its row in the source table (and the rerun hint)."""
-    row = ds.metadata["row"].iat[i] if "row" in ds.metadata.columns else i
-    return f"row {row} (add verify=true to the address to find such files before any work)"
 
 
 # --------------------------------------------------------------------------------------------- options
