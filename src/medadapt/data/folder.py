@@ -41,13 +41,16 @@ image/mask size mismatches, unreadable masks and values outside the classes are 
 
 ``folder:/data/root`` reads ``root/CLASS/**/image`` or, when ``root/train``, ``root/val`` or ``root/test``
 exist, ``root/SPLIT/CLASS/**/image``; options ``task``, ``classes`` (default: ``classes_file``, else
-``root/classes.txt``, else the folder names), ``seed``, ``fractions``, ``channels``, ``skip_bad``, ``verify``. Without split folders every image is its own group in the split.
+``root/classes.txt``, else the folder names), ``seed``, ``fractions``, ``channels``, ``skip_bad``, ``verify``.
+Without split folders every image is its own group in the split.
 
-Images: PNG, JPEG, TIFF, BMP (PIL) and DICOM (:mod:`medadapt.data.dicom`). RGBA/P/CMYK become RGB, LA
-becomes L (alpha is dropped). 16-bit, 32-bit and float images are scaled to uint8 by **their own min/max**
-(as DICOM files without a window are), since 12-bit data stored in 16-bit files would be nearly black if
-scaled by bit depth. ``image(i)`` returns a uint8 ``Tensor[C, H, W]`` at the file's own size; resizing is
-done later on batches. The ``root`` loader argument is not used, nor ``size`` but by segmentation CSVs.
+Images: PNG, JPEG, TIFF, BMP (PIL) and DICOM (:mod:`medadapt.data.dicom`). RGBA/P/CMYK become RGB, LA becomes
+L (alpha is dropped). Intensities follow one rule per dataset (:class:`~medadapt.data.images.Intensity`,
+options ``voi``, ``window``, ``frames``): 16-bit and 32-bit images are scaled by their bit depth, so the same
+value is the same brightness in every file (12-bit data stored in 16-bit files then look dark: give
+``voi=minmax`` or ``window=C,W``); float images by their own min/max. ``image(i)`` returns a uint8
+``Tensor[C, H, W]`` at the file's own size; resizing is done later on batches. The ``root`` loader argument is not used,
+nor ``size`` but by segmentation CSVs.
 
 Bad rows (missing file, a folder or unreadable file where the image should be, empty or unknown label, invalid
 split, unreadable image header) raise a DataError listing the first few with their row numbers; with
