@@ -274,7 +274,8 @@ def siim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.n
 
 def test_siim_binary_through_the_registry(siim) -> None:
     root, masks = siim
-    splits = {s: load_dataset(f"siim-acr:{root}", s) for s in SPLITS}
+    # 24 images: under 0.7/0.1/0.2 the val split would have no pneumothorax (an error); these fractions work
+    splits = {s: load_dataset(f"siim-acr:{root}?fractions=0.6,0.2,0.2", s) for s in SPLITS}
     train = splits["train"]
     assert (train.task, train.classes, train.patient_col) == (
         "binary",
@@ -299,7 +300,7 @@ def test_siim_segmentation_masks_are_the_decoded_union(siim) -> None:
     root, masks = siim
     seen = 0
     for split in SPLITS:
-        ds = load_dataset(f"siim-acr:{root}?target=segmentation", split)
+        ds = load_dataset(f"siim-acr:{root}?target=segmentation&fractions=0.6,0.2,0.2", split)
         assert ds.task == "segmentation" and ds.classes == ["background", "pneumothorax"]
         for i, image_id in enumerate(ds.metadata["image_id"]):
             item = ds[i]
@@ -309,7 +310,7 @@ def test_siim_segmentation_masks_are_the_decoded_union(siim) -> None:
             seen += 1
         assert "object_size_band" in ds.metadata.columns
     assert seen == len(masks)
-    small = load_dataset(f"siim-acr:{root}?target=segmentation", "train", size=16)
+    small = load_dataset(f"siim-acr:{root}?target=segmentation&fractions=0.6,0.2,0.2", "train", size=16)
     assert small[0]["image"].shape == (1, 16, 16) and small[0]["mask"].shape == (16, 16)
 
 
@@ -317,7 +318,8 @@ def test_siim_stage_2_files_and_rle_option(tmp_path: Path) -> None:
     masks = make_siim(tmp_path, stage=2, n=20)
     ds = load_dataset(f"siim-acr:{tmp_path}", "test")
     assert set(ds.metadata["csv"]) == {"stage_2_train.csv"} and "stage_2_images" in ds.paths[0]
-    write_rle_csv(tmp_path / "train-rle.csv", [(i, "-1") for i in masks])  # stage 1 file wins by default...
+    stage_1 = [(i, mask2rle(m)) for i, m in masks.items()]
+    write_rle_csv(tmp_path / "train-rle.csv", stage_1)  # the stage 1 file wins by default...
     assert set(load_dataset(f"siim-acr:{tmp_path}", "test").metadata["csv"]) == {"train-rle.csv"}
     chosen = load_dataset(f"siim-acr:{tmp_path}?rle=stage_2_train.csv", "test")  # ... unless rle= names one
     assert set(chosen.metadata["csv"]) == {"stage_2_train.csv"}

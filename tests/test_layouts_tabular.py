@@ -198,9 +198,9 @@ def test_chexpert_through_the_registry(cx: Path) -> None:
 
 
 def test_isic_classes_labels_metadata(tmp_path: Path) -> None:
-    root = replicas.isic(tmp_path)
+    root = replicas.isic(tmp_path, n=80)  # ten of each class: every class can reach every split
     splits = _load_all(f"isic2019:{root}")
-    assert sum(len(ds) for ds in splits.values()) == 24
+    assert sum(len(ds) for ds in splits.values()) == 80
     ds = splits["train"]
     assert ds.task == "multiclass" and ds.classes == isic.CLASSES and ds.n_channels == 3
     np.testing.assert_array_equal(ds.labels[:, 0], ds.metadata["row"] % 8)  # row k has class k % 8
@@ -210,14 +210,14 @@ def test_isic_classes_labels_metadata(tmp_path: Path) -> None:
 
 
 def test_isic_missing_lesion_ids_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    root = replicas.isic(tmp_path)
+    root = replicas.isic(tmp_path, n=80)
     with caplog.at_level(logging.WARNING):
         load_dataset(f"isic2019:{root}", "train")
-    assert "8 of 24 training images have no lesion_id" in caplog.text
+    assert "64 of 80 training images have no lesion_id" in caplog.text
 
 
 def test_isic_nested_input_folder(tmp_path: Path) -> None:
-    root = replicas.isic(tmp_path, nested=True)
+    root = replicas.isic(tmp_path, n=80, nested=True)
     assert len(load_dataset(f"isic2019:{root}?fractions=0.5,0.25,0.25", "test")) > 0
 
 
@@ -267,9 +267,9 @@ def test_isic_missing_files(tmp_path: Path, missing: str) -> None:
 
 
 def test_aptos_classes_labels_splits(tmp_path: Path) -> None:
-    root = replicas.aptos(tmp_path)
+    root = replicas.aptos(tmp_path, n=50)  # ten of each grade: every grade can reach every split
     splits = _load_all(f"aptos2019:{root}?fractions=0.6,0.2,0.2")
-    assert [len(ds) for ds in splits.values()] == [12, 4, 4]
+    assert [len(ds) for ds in splits.values()] == [30, 10, 10]
     ds = splits["test"]
     assert ds.task == "ordinal" and ds.classes == ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
     np.testing.assert_array_equal(ds.labels[:, 0], ds.metadata["row"] % 5)

@@ -84,7 +84,8 @@ def _rows(root: Path, split: str, opts: FileOptions) -> Rows:
     images = layout_file(root / "train_images", "APTOS 2019", URL, _LAYOUT, folder=True)
     labels, errors = _grades(table["diagnosis"])
     paths = [str(images / f"{str(i).strip()}.png") for i in table["id_code"]]
-    splits = auto_splits(labels, None, opts)  # no patient ids: every image its own group
+    # no patient ids: every image its own group
+    splits = auto_splits(labels, None, opts, source="APTOS 2019 train.csv", classes=list(GRADES))
     in_split = splits == split
     errors = {**errors, **file_errors(paths, in_split)}
     meta = table[["row", "id_code"]].join(_image_sizes(paths, np.flatnonzero(in_split)))

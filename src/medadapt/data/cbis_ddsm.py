@@ -254,7 +254,7 @@ def read_roi_masks(key: str) -> np.ndarray:
 def _splits(table: pd.DataFrame, opts: _Options) -> np.ndarray:
     labels, groups = table[["label"]].clip(lower=0).to_numpy(), table["patient_id"].to_numpy()
     if opts.fractions_given:
-        return auto_splits(labels, groups, opts.shared)
+        return auto_splits(labels, groups, opts.shared, source="CBIS-DDSM", classes=["benign", "malignant"])
     splits = table["split"].to_numpy(dtype=object).copy()
     train = splits == "train"
     if opts.val_fraction > 0 and train.any():

@@ -157,7 +157,7 @@ def _splits(
         splits = np.full(len(table), "train", dtype=object)
         splits = carve_val(splits, labels, groups, opts.val_fraction, opts.files.seed)
     else:
-        splits = auto_splits(labels, groups, opts.files)
+        splits = auto_splits(labels, groups, opts.files, source=_NAME, classes=list(CLASSES))
     return np.where(unk, EXCLUDED, splits).astype(object)
 
 

@@ -319,7 +319,7 @@ def _splits(
     given = table["split"].to_numpy(dtype=object)
     if not given.any():
         found = scan(np.arange(len(table)))
-        return auto_splits(found.labels, groups, opts), found
+        return auto_splits(found.labels, groups, opts, source="segfolder"), found
     train = given == "train"
     carve = train.any() and not (given == "val").any() and opts.val_fraction > 0
     needed = (given == split) | (train & carve & (split in ("train", "val")))

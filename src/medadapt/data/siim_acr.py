@@ -195,7 +195,7 @@ def _rows(root: Path, split: str, opts: FileOptions, target: str, rle: str | Non
     images = pd.concat([images, info], axis=1)
     labels = (images[["n_regions"]].to_numpy() > 0).astype(np.int64)
     groups = images["patient_id"].fillna("\0" + images["image_id"]).to_numpy()
-    splits = auto_splits(labels, groups, opts)
+    splits = auto_splits(labels, groups, opts, source="SIIM-ACR", classes=["no_pneumothorax", "pneumothorax"])
     _check_rles(images, np.flatnonzero(splits == split), errors)
     columns = ["image_id", "patient_id", "age", "sex", "view", "n_regions", "csv", "row", "path"]
     meta, read = images[columns], None
