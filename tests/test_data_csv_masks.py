@@ -13,8 +13,8 @@ from PIL import Image
 from synthetic import mask_blob
 
 from medadapt.data import load_dataset
-from medadapt.data.tables import ImageFileDataset
 from medadapt.data.masks import SegmentationDataset, mask_classes, object_size, scan_masks
+from medadapt.data.tables import ImageFileDataset
 from medadapt.errors import BadRowsError, ConfigError, DataError
 
 

@@ -284,7 +284,9 @@ def test_real_breastmnist_matches_medmnist(monkeypatch):
 def test_a_folder_where_the_file_belongs_is_reported_never_downloaded_over(tmp_path, monkeypatch):
     (tmp_path / "breastmnist.npz").mkdir()
     monkeypatch.setattr(mm, "_fetch", lambda *a: pytest.fail("downloaded over a folder"))
-    with pytest.raises(DataError, match=r"breastmnist.npz is a folder, not a file; medadapt never replaces it"):
+    with pytest.raises(
+        DataError, match=r"breastmnist.npz is a folder, not a file; medadapt never replaces it"
+    ):
         load_dataset("medmnist:breastmnist", "train", root=tmp_path)
     assert (tmp_path / "breastmnist.npz").is_dir()
 

@@ -33,7 +33,6 @@ from ..errors import ConfigError
 __all__ = ["Backbone", "BackboneSpec", "Features", "CHANNEL_MODES", "groups_from_modules", "tokens_from_map"]
 
 
-
 class Features(NamedTuple):
     embedding: torch.Tensor  # [B, D]
     tokens: torch.Tensor  # [B, N, D], patch tokens only (no [CLS] / register tokens)
