@@ -156,3 +156,27 @@ def test_knn_unknown_labels_cast_no_vote():
     scores = knn_scores(torch.tensor([[1.0, 0.0]]), bank, targets, ks=(2,), temperature=1e9)[2]
     assert scores[0, 0].item() == pytest.approx(0.5)  # two known votes, 1 and 0, equal weights
     assert scores[0, 1].item() == pytest.approx(1.0)  # nobody of the two knows it: the bank's rate (1/1)
+
+
+@pytest.mark.parametrize("name", ["linear", "attention", "knn"])
+def test_a_lazy_head_registration_agrees_with_its_class(name):
+    """heads/__init__.py registers heads by module path with ``trainable=`` (read before torch is imported)."""
+    from medadapt.heads import HEADS
+
+    assert HEADS.meta(name)["trainable"] == HEADS.get(name).trainable
+
+
+def test_lazy_registry_entries_import_on_first_get_only():
+    from medadapt._registry import Registry
+    from medadapt.errors import ConfigError, UnknownNameError
+
+    reg = Registry("thing")
+    reg.register_lazy("od", "collections:OrderedDict", kind="mapping")
+    assert "od" in reg and list(reg) == ["od"] and reg.meta("od") == {"kind": "mapping"}
+    import collections
+
+    assert reg.get("od") is collections.OrderedDict and len(reg) == 1
+    with pytest.raises(ConfigError, match="already registered"):
+        reg.register_lazy("od", "collections:Counter")
+    with pytest.raises(UnknownNameError, match="did you mean 'od'"):
+        reg.meta("odd")

@@ -707,3 +707,9 @@ def test_max_groups_stops_unfreezing(request) -> None:
     for epoch in range(1, 8):
         s.on_epoch_start(epoch, model, optimizer, [])
     assert [e["stage"] for e in s.schedule] == [4, 3]
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_lazy_registration_names_its_class(name):
+    """The registration lines in strategies/__init__.py say the name; the class must say the same."""
+    assert STRATEGIES.get(name).name == name

@@ -6,7 +6,15 @@ They are defined here once and re-exported where they act (:mod:`medadapt.backbo
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL_MODES", "CLASSIFICATION_TASKS", "INTERPOLATIONS", "RESIZE_MODES", "PAD_MODES"]
+__all__ = [
+    "CHANNEL_MODES",
+    "CLASSIFICATION_TASKS",
+    "INTERPOLATIONS",
+    "PAD_MODES",
+    "RESIZE_MODES",
+    "SCHEDULES",
+    "SEGMENTATION_LOSSES",
+]
 
 #: The classification tasks (:data:`medadapt.tasks.TASKS` registers one Task each, and segmentation).
 CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel", "ordinal")
@@ -21,3 +29,7 @@ RESIZE_MODES = ("resize", "pad", "pad_mean")
 PAD_MODES = ("pad", "pad_mean")
 #: Resampling filters (names as PIL's).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+#: The losses of a segmentation task (``--loss``; :func:`medadapt.tasks.segmentation_loss`).
+SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice")
+#: Learning-rate schedules of the fine-tuning loop (:func:`medadapt.training.schedule.lr_at`).
+SCHEDULES = ("constant", "cosine", "multistep")

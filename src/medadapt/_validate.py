@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["choice", "integer", "number"]
+__all__ = ["check_alpha_temperature", "choice", "integer", "number"]
 
 
 def choice(value: Any, valid: tuple, flag: str) -> None:
@@ -26,3 +26,11 @@ def number(value: Any, flag: str, *, positive: bool = False) -> None:
         raise ConfigError(
             f"{flag} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
         )
+
+
+def check_alpha_temperature(alpha: float, temperature: float) -> None:
+    """Clear errors for values outside ``0 <= alpha <= 1`` and ``t > 0``."""
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1] (the weight of the label loss), got {alpha!r}")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"--temperature must be positive (1 = the plain softmax), got {temperature!r}")

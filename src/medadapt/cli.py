@@ -201,14 +201,18 @@ def _training_config(cls, args: argparse.Namespace):
 
 
 def _checked(cls, *layers: dict[str, Any]):
-    """The config from its layers, checked in the order that keeps errors fast: values, then the dataset
-    address and its files, both without torch (a fraction of a second); then the registry names (torch)."""
+    """The config from its layers, checked before torch is imported so that any mistake is reported in a
+    fraction of a second: values, the dataset address and its files, the backbone address (source, alias,
+    options), then the registry names (heads, strategies, training settings: lazy registries). Only a
+    strategy's options import torch (with the strategy's module)."""
+    from .backbones import BackboneAddress
     from .config import merge_config, names_checked_later
     from .data.base import check_dataset
 
     with names_checked_later():
         cfg = merge_config(cls, *layers)
     check_dataset(cfg.dataset)
+    BackboneAddress.parse(cfg.backbone)
     cfg.check_names()
     return cfg
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ._choices import CHANNEL_MODES, INTERPOLATIONS, RESIZE_MODES
-from ._validate import choice
+from ._validate import check_alpha_temperature, choice
 from ._yaml import load as load_yaml_text
 from .errors import ConfigError
 
@@ -50,20 +50,19 @@ def _heads(*, trainable: bool = False) -> list[str]:
     """Head names from the registry (``trainable``: those a fine-tuning run can train, not kNN)."""
     from .heads import HEADS
 
-    return [n for n in HEADS if not trainable or HEADS.get(n).trainable]
+    return [n for n in HEADS if not trainable or HEADS.meta(n)["trainable"]]
 
 
 def _segmentation_heads(*, trainable: bool = False) -> list[str]:
     """Segmentation head names: those a probe on cached tokens trains, or (``trainable``) every one a
     fine-tuning run can train end to end, with ``native`` (the decoder an ``smp:`` backbone brings)."""
     if trainable:
-        from .heads.segmentation import SEGMENTATION_HEADS
-        from .strategies.model import NATIVE_HEAD
+        from .heads import NATIVE_HEAD, SEGMENTATION_HEADS
 
         return [*SEGMENTATION_HEADS, NATIVE_HEAD]
-    from .training.seg_probe import SEG_HEADS
+    from .heads import SEGMENTATION_HEADS  # a probe on cached tokens trains every one of them
 
-    return list(SEG_HEADS)
+    return list(SEGMENTATION_HEADS)
 
 
 def _positive(value: Any, flag: str, *, allow_none: bool = False) -> None:
@@ -230,7 +229,7 @@ class FinetuneConfig(RunConfig):
         choice(self.head, tuple(dict.fromkeys([*_heads(trainable=True), *_segmentation_heads(trainable=True)])),
                "--head")  # fmt: skip
         from .strategies import STRATEGIES
-        from .training.loop import TrainConfig
+        from .training.config import TrainConfig
 
         choice(self.strategy, tuple(STRATEGIES), "--strategy")
         unknown = sorted(set(self.train) - {f.name for f in fields(TrainConfig)})
@@ -334,11 +333,6 @@ class DistillConfig(FinetuneConfig):
         _positive(self.tsne_points, "--tsne-points")
         if self.teacher_weights is not None and not Path(self.teacher_weights).expanduser().exists():
             raise ConfigError(f"--teacher-weights {self.teacher_weights!r} does not exist")
-
-    def _check_names(self) -> None:
-        from .distill.loss import check_alpha_temperature
-
-        super()._check_names()
         for t, a in self.grid():
             check_alpha_temperature(a, t)
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._choices import CLASSIFICATION_TASKS as _CLASSIFICATION_NAMES
+from ._choices import SEGMENTATION_LOSSES
 from ._registry import Registry
 from .errors import ConfigError, DataError
 
@@ -304,7 +305,6 @@ class SegmentationTask(Task):
 
 
 #: Loss kinds of :func:`segmentation_loss`.
-SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice")
 
 
 def segmentation_loss(

@@ -1,8 +1,29 @@
-"""Backbones from timm, transformers and open_clip behind one contract (see :mod:`.base`)."""
+"""Backbones from timm, transformers and open_clip behind one contract (see :mod:`.base`).
 
+Addresses (:class:`BackboneAddress`, the catalogue) are parsed without importing torch, so that a bad one is
+reported in a fraction of a second; the model code (and torch) loads on first use of the names below.
+"""
+
+import importlib
+from typing import Any
+
+from .._choices import CHANNEL_MODES
 from ._factory import SOURCES, BackboneAddress, catalog, create_backbone, list_backbones
-from .adapt import adapt_first_conv, fold_gray_conv
-from .base import CHANNEL_MODES, Backbone, BackboneSpec, Features
+
+_EXPORTS = {
+    "adapt_first_conv": "adapt",
+    "fold_gray_conv": "adapt",
+    "Backbone": "base",
+    "BackboneSpec": "base",
+    "Features": "base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SOURCES",

@@ -10,16 +10,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
 import yaml
 
 from .._address import format_address, split_address
+from .._choices import CHANNEL_MODES
 from .._registry import Registry
 from ..errors import ConfigError, MedadaptError, brief
-from .adapt import adapt_first_conv
-from .base import CHANNEL_MODES, Backbone
+
+if TYPE_CHECKING:  # addresses are parsed without torch (fast errors); models import it when built
+    from .base import Backbone
 
 __all__ = [
     "BackboneAddress",
@@ -175,6 +176,8 @@ def adapt_channels(
         raise ConfigError(f"images with {data_chans} channels are not supported; use 1 (gray) or 3 (RGB)")
     if channel_mode == "repeat":
         return 3, tuple(mean), tuple(std), "repeat"
+    from .adapt import adapt_first_conv
+
     adapt_first_conv(model, mode=channel_mode, mean=tuple(mean), std=tuple(std))
     return 1, (0.0,), (1.0,), channel_mode
 
@@ -241,6 +244,8 @@ def create_backbone(
 
 def _check_runs(backbone: Backbone, hw: tuple[int, int]) -> None:
     """One tiny forward pass, so an input size the architecture cannot take fails here with a clear message."""
+    import torch
+
     x = torch.zeros(1, backbone.spec.in_chans, *hw)
     modes = {m: m.training for m in backbone.modules()}
     backbone.eval()  # a train-mode pass would update BatchNorm running statistics

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import check_alpha_temperature
 from ..errors import ConfigError
 from ..tasks import get_task
 
@@ -55,11 +56,3 @@ def distillation_loss(
     """``alpha * task_loss + (1 - alpha) * kd_loss``; returns the total and ``{"task_loss", "kd_loss"}``."""
     kd = kd_loss(student, teacher, task=task, temperature=temperature)
     return alpha * task_loss + (1.0 - alpha) * kd, {"task_loss": task_loss.detach(), "kd_loss": kd.detach()}
-
-
-def check_alpha_temperature(alpha: float, temperature: float) -> None:
-    """Clear errors for values outside ``0 <= alpha <= 1`` and ``t > 0``."""
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"--alpha must be in [0, 1] (the weight of the label loss), got {alpha!r}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(f"--temperature must be positive (1 = the plain softmax), got {temperature!r}")

@@ -4,25 +4,27 @@ Every head is an ``nn.Module`` built as ``cls(dim, num_outputs, **kwargs)`` with
 ``input_key`` (which :class:`~medadapt.features.featureset.FeatureSet` array it reads: ``"embeddings"``
 or ``"tokens"``), ``outputs`` (``"logits"``, or ``"scores"`` when it already returns probabilities) and
 ``trainable`` (``False`` for kNN, which is fitted, not trained). Adding a head is one module and one
-``HEADS.register`` line here. Segmentation heads (patch tokens to per-pixel logits: ``linear``, ``multiscale``,
-``decoder``) have their own registry, :data:`SEGMENTATION_HEADS`, since ``linear`` names the 1x1 convolution
-head there.
+``HEADS.register_lazy`` line here, whose ``trainable=`` says what the class says (a test checks they agree).
+Segmentation heads (patch tokens to per-pixel logits: ``linear``, ``multiscale``, ``decoder``) have their
+own registry, :data:`SEGMENTATION_HEADS`, since ``linear`` names the 1x1 convolution head there.
+
+The registrations are lazy: the names are known without importing torch (so that a config naming a head
+is checked in a fraction of a second), and a head's module is imported when it is built.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .._registry import Registry
-from .attention_pool import AttentionPoolHead, default_num_heads
-from .knn import KNNHead, knn_scores
-from .linear import LinearHead
-from .segmentation import SEGMENTATION_HEADS, create_segmentation_head
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "HEADS",
+    "NATIVE_HEAD",
     "AttentionPoolHead",
     "KNNHead",
     "LinearHead",
@@ -34,9 +36,33 @@ __all__ = [
 ]
 
 HEADS: Registry[type[nn.Module]] = Registry("head")
-HEADS.register("linear", LinearHead)
-HEADS.register("attention", AttentionPoolHead)
-HEADS.register("knn", KNNHead)
+HEADS.register_lazy("linear", "medadapt.heads.linear:LinearHead", trainable=True)
+HEADS.register_lazy("attention", "medadapt.heads.attention_pool:AttentionPoolHead", trainable=True)
+HEADS.register_lazy("knn", "medadapt.heads.knn:KNNHead", trainable=False)
+
+SEGMENTATION_HEADS: Registry[type[nn.Module]] = Registry("segmentation head")
+SEGMENTATION_HEADS.register_lazy("linear", "medadapt.heads.segmentation:LinearSegHead")
+SEGMENTATION_HEADS.register_lazy("multiscale", "medadapt.heads.segmentation:MultiScaleSegHead")
+SEGMENTATION_HEADS.register_lazy("decoder", "medadapt.heads.segmentation:ProgressiveDecoderHead")
+
+#: The head of an ``smp:`` backbone's own decoder (fine-tuning of segmentation models; not a registered class).
+NATIVE_HEAD = "native"
+
+#: where the names exported here live (imported on first use)
+_EXPORTS = {
+    "AttentionPoolHead": "attention_pool",
+    "default_num_heads": "attention_pool",
+    "KNNHead": "knn",
+    "knn_scores": "knn",
+    "LinearHead": "linear",
+    "create_segmentation_head": "segmentation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_head(name: str, dim: int, num_outputs: int, **kwargs: Any) -> nn.Module:

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import Registry
 from ..errors import ConfigError, DataError
 from ..tasks import SEGMENTATION_LOSSES, segmentation_loss
+from . import SEGMENTATION_HEADS  # the registry (lazy entries) lives in the package, importable without torch
 
 __all__ = [
     "SEGMENTATION_HEADS",
@@ -265,12 +265,6 @@ class ProgressiveDecoderHead(nn.Module):
             if tuple(x.shape[-2:]) != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return _classify(self.classifier, x, out_size)
-
-
-SEGMENTATION_HEADS: Registry[type[nn.Module]] = Registry("segmentation head")
-SEGMENTATION_HEADS.register("linear", LinearSegHead)
-SEGMENTATION_HEADS.register("multiscale", MultiScaleSegHead)
-SEGMENTATION_HEADS.register("decoder", ProgressiveDecoderHead)
 
 
 def create_segmentation_head(name: str, dim: Any, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -21,12 +21,44 @@ Example:
     LayerDecay(decay=0.65)
 """
 
-from . import finetune, peft, unfreeze  # noqa: F401 - registration
+import importlib
+from typing import Any
+
 from .base import STRATEGIES, Strategy, create_strategy
-from .finetune import Differential, Frozen, Full, LayerDecay, Scratch
-from .model import NATIVE_HEAD, Classifier, Segmenter, build_classifier, build_model, build_segmenter
-from .peft import IA3, LoRA, NormTune, merge_adapters, resolve_targets
-from .unfreeze import GradualUnfreeze
+
+# The registrations, one line per strategy: lazy, so that the names (and a config naming one) are known
+# without importing torch; a strategy's module is imported when it is built. Its class's ``name`` must be
+# the registered name (tests/test_strategies.py checks it).
+STRATEGIES.register_lazy("full", "medadapt.strategies.finetune:Full")
+STRATEGIES.register_lazy("scratch", "medadapt.strategies.finetune:Scratch")
+STRATEGIES.register_lazy("frozen", "medadapt.strategies.finetune:Frozen")
+STRATEGIES.register_lazy("differential", "medadapt.strategies.finetune:Differential")
+STRATEGIES.register_lazy("llrd", "medadapt.strategies.finetune:LayerDecay")
+STRATEGIES.register_lazy("unfreeze", "medadapt.strategies.unfreeze:GradualUnfreeze")
+STRATEGIES.register_lazy("lora", "medadapt.strategies.peft:LoRA")
+STRATEGIES.register_lazy("ia3", "medadapt.strategies.peft:IA3")
+STRATEGIES.register_lazy("ln_tune", "medadapt.strategies.peft:NormTune")
+
+#: where the names exported here live (imported on first use)
+_EXPORTS = {
+    **dict.fromkeys(("Differential", "Frozen", "Full", "LayerDecay", "Scratch"), "finetune"),
+    **dict.fromkeys(
+        ("Classifier", "Segmenter", "build_classifier", "build_model", "build_segmenter"), "model"
+    ),
+    **dict.fromkeys(("IA3", "LoRA", "NormTune", "merge_adapters", "resolve_targets"), "peft"),
+    "GradualUnfreeze": "unfreeze",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NATIVE_HEAD":
+        from ..heads import NATIVE_HEAD
+
+        return NATIVE_HEAD
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "IA3",

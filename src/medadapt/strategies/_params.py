@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import STRATEGIES, Strategy
 
 __all__ = [
     "backbone_names",
@@ -34,7 +33,6 @@ __all__ = [
     "head_names",
     "no_weight_decay_names",
     "param_groups",
-    "register",
     "select",
     "unreachable_names",
 ]
@@ -43,15 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Parameter-name fragments of peft vectors that scale activations (initialised at 1): never decayed.
 _NO_DECAY_FRAGMENTS = ("ia3_l.", "lora_magnitude_vector.")
-
-
-S = TypeVar("S", bound=type[Strategy])
-
-
-def register(cls: S) -> S:
-    """Class decorator: register a strategy under its ``name``."""
-    STRATEGIES.register(cls.name, cls)
-    return cls
 
 
 def classifier_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._registry import Registry
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the strategies' names and options are checked without importing torch
+    from torch import nn
 
 __all__ = ["Strategy", "STRATEGIES", "create_strategy"]
 

@@ -27,7 +27,6 @@ from ._params import (
     classifier_parts,
     eval_frozen,
     head_names,
-    register,
     select,
 )
 from .base import Strategy
@@ -37,7 +36,6 @@ __all__ = ["Differential", "Frozen", "Full", "LayerDecay", "Scratch"]
 log = logging.getLogger(__name__)
 
 
-@register
 @dataclass
 class Full(Strategy):
     """Every parameter trains at ``lr``."""
@@ -50,7 +48,6 @@ class Full(Strategy):
         return select(model, parts, weight_decay=weight_decay)
 
 
-@register
 @dataclass
 class Scratch(Full):
     """``full`` on a randomly initialised backbone (the loop builds it with ``pretrained=False``)."""
@@ -59,7 +56,6 @@ class Scratch(Full):
     pretrained: ClassVar[bool] = False
 
 
-@register
 @dataclass
 class Frozen(Strategy):
     """The backbone is frozen; only the head trains (a linear or attention probe, end to end).
@@ -79,7 +75,6 @@ class Frozen(Strategy):
         eval_frozen(classifier_parts(model)[0])
 
 
-@register
 @dataclass
 class Differential(Strategy):
     """Two learning rates: a tiny one for the encoder, a larger one for the head.
@@ -120,7 +115,6 @@ class Differential(Strategy):
         return select(model, parts, weight_decay=weight_decay)
 
 
-@register
 @dataclass
 class LayerDecay(Strategy):
     """Layer-wise LR decay (BEiT, MAE, timm): the head trains at ``lr``, stage ``k`` below it at ``lr * decay**k``.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
-from ..heads import create_head
+from ..heads import NATIVE_HEAD, create_head
 
 __all__ = [
     "Classifier",
@@ -22,9 +22,6 @@ __all__ = [
     "NATIVE_HEAD",
     "DEFAULT_LEVELS",
 ]
-
-#: The head name of a backbone that brings its own decoder (``smp:`` U-Net, SegFormer, ...).
-NATIVE_HEAD = "native"
 
 
 class Classifier(nn.Module):

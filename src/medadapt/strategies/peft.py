@@ -48,7 +48,6 @@ from ._params import (
     check_training_args,
     classifier_parts,
     head_names,
-    register,
     select,
     unreachable_names,
 )
@@ -280,7 +279,6 @@ class _AdapterStrategy(Strategy):
         return merge_adapters(copy.deepcopy(model))
 
 
-@register
 @dataclass
 class LoRA(_AdapterStrategy):
     """Low-rank adapters on the backbone's attention (and optionally MLP) layers, through peft.
@@ -337,7 +335,6 @@ class LoRA(_AdapterStrategy):
         )
 
 
-@register
 @dataclass
 class IA3(_AdapterStrategy):
     """(IA)^3: learned vectors rescaling keys, values and the MLP's hidden activations (Liu et al. 2022).
@@ -401,7 +398,6 @@ def norm_parameters(backbone: nn.Module, *, batchnorm: bool = True) -> list[str]
     return names
 
 
-@register
 @dataclass
 class NormTune(Strategy):
     """Train only the backbone's normalization layers (weights and biases) and the head.

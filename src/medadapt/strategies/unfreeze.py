@@ -37,7 +37,6 @@ from ._params import (
     head_names,
     no_weight_decay_names,
     param_groups,
-    register,
     select,
 )
 from .base import Strategy
@@ -49,7 +48,6 @@ log = logging.getLogger(__name__)
 _REASONS = ("every", "plateau")
 
 
-@register
 @dataclass
 class GradualUnfreeze(Strategy):
     """Unfreeze backbone stages top-down, every ``every`` epochs or on a plateau of ``monitor``.

@@ -1,21 +1,41 @@
 """Training: probes on cached frozen features (a whole hyper-parameter grid in one pass) and the
-fine-tuning loop (strategies, schedules, augmentation, checkpoints and resume)."""
+fine-tuning loop (strategies, schedules, augmentation, checkpoints and resume).
 
-from .augment import AUGMENT_PRESETS, Augment, make_augment
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import OPTIMIZERS, TrainConfig
-from .loop import FitResult, class_weights, fit, predict
-from .probe import (
-    DEFAULT_KS,
-    DEFAULT_LRS,
-    TASKS,
-    ProbeResult,
-    loss_fn,
-    lr_factor,
-    to_scores,
-    train_probe,
-)
-from .schedule import SCHEDULES, lr_at, make_scheduler
+The names below load on first use: :class:`TrainConfig` (``training.config``) is checked without importing
+torch, so that a bad training setting is reported in a fraction of a second.
+"""
+
+import importlib
+from typing import Any
+
+#: where the names exported here live
+_EXPORTS = {
+    **dict.fromkeys(("AUGMENT_PRESETS", "Augment", "make_augment"), "augment"),
+    **dict.fromkeys(("CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"), "checkpoint"),
+    **dict.fromkeys(("OPTIMIZERS", "TrainConfig"), "config"),
+    **dict.fromkeys(("FitResult", "class_weights", "fit", "predict"), "loop"),
+    **dict.fromkeys(
+        (
+            "DEFAULT_KS",
+            "DEFAULT_LRS",
+            "TASKS",
+            "ProbeResult",
+            "loss_fn",
+            "lr_factor",
+            "to_scores",
+            "train_probe",
+        ),
+        "probe",
+    ),
+    **dict.fromkeys(("SCHEDULES", "lr_at", "make_scheduler"), "schedule"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AUGMENT_PRESETS",

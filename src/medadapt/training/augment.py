@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported where batches are augmented: TrainConfig checks presets without it
+    import torch
 
 __all__ = ["AUGMENT_PRESETS", "Augment", "make_augment"]
 
@@ -70,6 +71,9 @@ class Augment:
                 f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}: a segmentation batch "
                 "needs masks [B, H, W] at the images' stored size (give the dataset one size: --size)"
             )
+        import torch
+        import torch.nn.functional as F
+
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         grid = self._grid(x, generator)
         if grid is not None:
@@ -82,6 +86,9 @@ class Augment:
 
     def _grid(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
         """The sampling grid of this batch's random crop and flip (``None``: no geometric change)."""
+        import torch
+        import torch.nn.functional as F
+
         b, _, h, w = x.shape
         if self.crop_scale is None and not self.hflip:
             return None
@@ -96,6 +103,8 @@ class Augment:
         return F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
 
     def _colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        import torch
+
         b, c = x.shape[:2]
 
         def factors(strength: float) -> torch.Tensor:
@@ -135,6 +144,8 @@ def _crop_boxes(
     torchvision's rule, vectorised: up to ``tries`` (area, log-ratio) draws per image, the first that fits
     is used; images where none fits get the whole image.
     """
+    import torch
+
     area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(b, tries, generator=gen))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, tries, generator=gen))

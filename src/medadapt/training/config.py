@@ -7,11 +7,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from .._choices import SCHEDULES, SEGMENTATION_LOSSES
 from .._validate import choice, integer, number
 from ..errors import ConfigError
-from ..tasks import SEGMENTATION_LOSSES
 from .augment import AUGMENT_PRESETS
-from .schedule import SCHEDULES
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "MONITORS", "SELECT_ON", "LOSSES"]
 

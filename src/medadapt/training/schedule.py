@@ -20,12 +20,11 @@ from collections.abc import Sequence
 
 import torch
 
+from .._choices import SCHEDULES
 from ..errors import ConfigError
 from .probe import lr_factor
 
 __all__ = ["SCHEDULES", "lr_at", "make_scheduler", "sync_scheduler"]
-
-SCHEDULES = ("constant", "cosine", "multistep")
 
 
 def lr_at(

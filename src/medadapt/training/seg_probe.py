@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Heads a segmentation probe trains: ``linear`` and ``decoder`` on the last level of tokens, ``multiscale``
 #: on several (``FeatureSet.levels``).
-SEG_HEADS = ("linear", "multiscale", "decoder")
+SEG_HEADS = tuple(SEGMENTATION_HEADS)
 
 
 @dataclass
