@@ -67,6 +67,17 @@ CASES = {
         "--alpha",
         "2",
     ],
+    "bad strategy option": [
+        "finetune",
+        "--dataset",
+        "csv:{bad_key}",
+        "--backbone",
+        "timm:resnet18",
+        "--strategy",
+        "lora",
+        "--option",
+        "r=-1",
+    ],
     "unknown backbone source": ["probe", "--dataset", "csv:{bad_key}", "--backbone", "timn:resnet18"],
     "file where a folder belongs": [
         "distill",

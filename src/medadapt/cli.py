@@ -203,8 +203,8 @@ def _training_config(cls, args: argparse.Namespace):
 def _checked(cls, *layers: dict[str, Any]):
     """The config from its layers, checked before torch is imported so that any mistake is reported in a
     fraction of a second: values, the dataset address and its files, the backbone address (source, alias,
-    options), then the registry names (heads, strategies, training settings: lazy registries). Only a
-    strategy's options import torch (with the strategy's module)."""
+    options), then the registry names and options (heads, strategies, training settings: lazy registries
+    over modules that import torch only inside their functions)."""
     from .backbones import BackboneAddress
     from .config import merge_config, names_checked_later
     from .data.base import check_dataset

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # a strategy's options are checked without torch; its methods import it
+    import torch
+    from torch import nn
 
 __all__ = [
     "backbone_names",
@@ -46,6 +47,8 @@ _NO_DECAY_FRAGMENTS = ("ia3_l.", "lora_magnitude_vector.")
 def classifier_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """``(backbone, head)`` of a :class:`~medadapt.strategies.model.Classifier`-like model."""
     backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
+    from torch import nn
+
     if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Module):
         raise ConfigError(
             f"strategies configure a classifier with .backbone and .head modules (build_classifier), "
@@ -125,6 +128,8 @@ def unreachable_names(model: nn.Module) -> set[str]:
     spec = getattr(backbone, "spec", None)
     if spec is None or not params:
         return set()
+    import torch
+
     first = next(iter(params.values()))
     x = torch.zeros(1, spec.in_chans, *spec.input_size, device=first.device)
     flags = {n: p.requires_grad for n, p in params.items()}

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError
 from ._params import (
@@ -30,6 +28,9 @@ from ._params import (
     select,
 )
 from .base import Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Differential", "Frozen", "Full", "LayerDecay", "Scratch"]
 

@@ -33,16 +33,19 @@ attention head, which reads the patch tokens) get no adapters.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._optional import require
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # a strategy's options are checked without torch; its methods import it
+    from torch import nn
+
 from ._params import (
     check_number,
     check_training_args,
@@ -72,6 +75,8 @@ def _matches(name: str, suffixes: Sequence[str]) -> bool:
 
 def _adaptable(module: nn.Module, *, attention: bool) -> bool:
     """Linear, ungrouped Conv2d (peft cannot merge grouped ones) and, if asked, MultiheadAttention."""
+    from torch import nn
+
     if isinstance(module, nn.Conv2d):
         return module.groups == 1
     if attention and isinstance(module, nn.MultiheadAttention):
@@ -85,6 +90,8 @@ def _layers(backbone: nn.Module, *, attention: bool, exclude: Collection[str] = 
 
     ``MultiheadAttention`` calls its ``out_proj`` weights functionally, so an adapter on it would be ignored.
     """
+    from torch import nn
+
     mha = [n for n, m in backbone.named_modules() if isinstance(m, nn.MultiheadAttention)]
     return {
         n: m
@@ -139,6 +146,8 @@ def resolve_targets(
         >>> resolve_targets(backbone, scope="qkv")  # doctest: +SKIP
         ['model.blocks.0.attn.qkv', 'model.blocks.1.attn.qkv']
     """
+    from torch import nn
+
     if target_modules is not None:
         layers = _layers(backbone, attention=multihead_attention)
         return _user_targets(backbone, layers, target_modules, exclude)
@@ -314,6 +323,8 @@ class LoRA(_AdapterStrategy):
         self.target_modules = _check_targets(self.name, self.target_modules)
 
     def _peft_config(self, backbone: nn.Module, exclude: set[str]) -> Any:
+        from torch import nn
+
         peft = require("peft", extra="peft")
         targets = resolve_targets(
             backbone,
@@ -376,17 +387,25 @@ class IA3(_AdapterStrategy):
         return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward)
 
 
-_NORM_TYPES: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + (
-    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
-)
+@functools.cache
+def _norm_types() -> tuple[type, ...]:
+    from torch import nn
+
+    return (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + (
+        (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+    )
+
+
 #: Class names of norms outside torch.nn (timm ``RmsNorm``/``LayerNorm2d``, HF ``*RMSNorm``, ...).
 _NORM_NAME = re.compile(r"(Norm|Norm[123]d|NormFp32)$")
 
 
 def _is_norm(module: nn.Module, *, batchnorm: bool) -> bool:
+    from torch import nn
+
     if isinstance(module, nn.modules.batchnorm._NormBase) or "BatchNorm" in type(module).__name__:
         return batchnorm
-    return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
+    return isinstance(module, _norm_types()) or bool(_NORM_NAME.search(type(module).__name__))
 
 
 def norm_parameters(backbone: nn.Module, *, batchnorm: bool = True) -> list[str]:
