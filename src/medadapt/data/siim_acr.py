@@ -84,8 +84,8 @@ def decode_rle(rles: list[str] | tuple[str, ...], height: int, width: int) -> np
     """The union of ``rles`` ("-1": none) as a 0/1 uint8 ``[height, width]`` mask.
 
     Example:
-        >>> decode_rle(["1 2 3 1"], 2, 3).tolist()  # column-major: pixels 1, 2 and 6
-        [[0, 0, 0], [1, 0, 1]]
+        >>> decode_rle(["1 2 1 1"], 2, 3).tolist()  # runs at pixels 1-2 and 4, counted down the columns
+        [[0, 1, 1], [1, 0, 0]]
     """
     flat = np.zeros(height * width, dtype=np.uint8)
     for rle in rles:
