@@ -180,3 +180,17 @@ def test_lazy_registry_entries_import_on_first_get_only():
         reg.register_lazy("od", "collections:Counter")
     with pytest.raises(UnknownNameError, match="did you mean 'od'"):
         reg.meta("odd")
+
+
+def test_a_head_registered_directly_is_still_checked_by_configs(monkeypatch):
+    """An extension may register a class itself (no meta): configs read ``trainable`` from the class."""
+    from medadapt.config import FinetuneConfig
+    from medadapt.heads import HEADS, LinearHead
+
+    class Fitted(LinearHead):
+        trainable = False
+
+    monkeypatch.setattr(HEADS, "_entries", {**HEADS._entries, "fitted": Fitted})
+    monkeypatch.setattr(HEADS, "_meta", {**HEADS._meta, "fitted": {}})
+    with pytest.raises(Exception, match="--head 'fitted' is not valid"):
+        FinetuneConfig(dataset="medmnist:breastmnist", backbone="timm:resnet18", head="fitted")

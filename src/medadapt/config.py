@@ -50,7 +50,13 @@ def _heads(*, trainable: bool = False) -> list[str]:
     """Head names from the registry (``trainable``: those a fine-tuning run can train, not kNN)."""
     from .heads import HEADS
 
-    return [n for n in HEADS if not trainable or HEADS.meta(n)["trainable"]]
+    def can_train(
+        name: str,
+    ) -> bool:  # lazy entries say it in their meta; a class registered directly, itself
+        meta = HEADS.meta(name)
+        return meta["trainable"] if "trainable" in meta else HEADS.get(name).trainable
+
+    return [n for n in HEADS if not trainable or can_train(n)]
 
 
 def _segmentation_heads(*, trainable: bool = False) -> list[str]:
