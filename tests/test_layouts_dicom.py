@@ -359,3 +359,15 @@ def test_siim_missing_files_and_options(tmp_path: Path) -> None:
         load_dataset(f"siim-acr:{tmp_path}?targt=binary", "train")
     with pytest.raises(ConfigError, match="target='pathology'"):
         DATASETS.meta("siim-acr")["check"](DatasetAddress.parse("siim-acr:/x?target=pathology"))
+
+
+def test_siim_images_without_a_patient_id_are_warned_about(tmp_path: Path, caplog) -> None:
+    import logging
+
+    make_siim(tmp_path)
+    image_id = _image_ids(24)[5]
+    write_siim_image(tmp_path, image_id, "", age="30")  # the same file, its PatientID now blank
+    with caplog.at_level(logging.WARNING, logger="medadapt.data.siim_acr"):
+        ds = load_dataset(f"siim-acr:{tmp_path}?fractions=0.6,0.2,0.2", "train")
+    assert "1 of 24 images have no PatientID in their DICOM header: each is its own patient" in caplog.text
+    assert len(ds) > 0

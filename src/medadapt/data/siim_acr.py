@@ -34,6 +34,7 @@ row and ImageId; ``skip_bad`` drops them.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ from .masks import MaskOptions, mask_columns, object_size
 from .tables import FileOptions, auto_splits
 
 __all__ = ["load_siim_acr", "decode_rle", "rle_runs"]
+
+logger = logging.getLogger(__name__)
 
 URL = "https://www.kaggle.com/c/siim-acr-pneumothorax-segmentation"
 _RLE_FILES = ("train-rle.csv", "stage_2_train.csv")
@@ -194,6 +197,12 @@ def _rows(root: Path, split: str, opts: FileOptions, target: str, rle: str | Non
     info, errors = _headers(images, _index_dicoms(root))
     images = pd.concat([images, info], axis=1)
     labels = (images[["n_regions"]].to_numpy() > 0).astype(np.int64)
+    blank = images["patient_id"].isna()
+    if blank.any():
+        logger.warning(
+            "SIIM-ACR: %d of %d images have no PatientID in their DICOM header: each is its own patient in the "
+            "split, so images of one patient among them may cross splits", int(blank.sum()), len(images),
+        )  # fmt: skip
     groups = images["patient_id"].fillna("\0" + images["image_id"]).to_numpy()
     splits = auto_splits(labels, groups, opts, source="SIIM-ACR", classes=["no_pneumothorax", "pneumothorax"])
     _check_rles(images, np.flatnonzero(splits == split), errors)
