@@ -176,8 +176,13 @@ def test_cbis_missing_files_say_which_and_where_to_download(tmp_path: Path) -> N
     shutil.rmtree(root / "CBIS-DDSM")
     with pytest.raises(DataError, match="image folders .* missing"):
         load_dataset(f"cbis-ddsm:{root}?abnormality=mass", "test")
-    with pytest.raises(DataError, match="dataset folder is missing"):
+    with pytest.raises(
+        DataError, match=r"CBIS-DDSM: the dataset folder '.*nowhere' does not exist .*cancerimagingarchive"
+    ):
         load_dataset(f"cbis-ddsm:{tmp_path / 'nowhere'}", "test")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match=r"dataset folder '.*a_file' is a file, not a folder"):
+        load_dataset(f"siim-acr:{tmp_path / 'a_file'}", "test")
 
 
 def test_cbis_images_directly_in_root(tmp_path: Path) -> None:

@@ -4,10 +4,8 @@ Addresses (:class:`BackboneAddress`, the catalogue) are parsed without importing
 reported in a fraction of a second; the model code (and torch) loads on first use of the names below.
 """
 
-import importlib
-from typing import Any
-
 from .._choices import CHANNEL_MODES
+from .._lazy import lazy_exports
 from ._factory import SOURCES, BackboneAddress, catalog, create_backbone, list_backbones
 
 _EXPORTS = {
@@ -19,10 +17,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

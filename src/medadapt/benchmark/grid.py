@@ -236,12 +236,9 @@ def _dataset_name(address: str) -> str:
 
 def _check_dataset(address: str) -> None:
     """The kind (and what the kind checks without reading files, e.g. a MedMNIST flag) of a dataset address."""
-    from ..data import DATASETS, DatasetAddress
+    from ..data.base import check_dataset
 
-    parsed = DatasetAddress.parse(address)
-    check = DATASETS.meta(parsed.kind).get("check")
-    if check is not None:
-        check(parsed)
+    check_dataset(address, location=False)
 
 
 def _check_backbone(address: str) -> None:

@@ -1,5 +1,7 @@
 """Datasets (MedMNIST v2, CSV / image folders, DICOM, the seed layouts) and batched tensor preprocessing."""
 
+from .._lazy import lazy_exports
+
 # importing the kinds registers them
 from . import aptos, cbis_ddsm, chexpert, folder, isic, medmnist, segfolder, siim_acr  # noqa: F401
 from .base import DATASETS, SPLITS, DatasetAddress, MedicalDataset, load_dataset
@@ -19,11 +21,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """``Preprocess``, ``collate`` and ``make_loader`` (torch) load on first use: the dataset layer itself
-    imports without torch, so that a bad dataset address or file is reported in a fraction of a second."""
-    if name in ("Preprocess", "collate", "make_loader"):
-        from . import transforms
-
-        return getattr(transforms, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the batch transforms import torch: they load on first use, so the dataset layer itself imports without it
+__getattr__ = lazy_exports(__name__, dict.fromkeys(("Preprocess", "collate", "make_loader"), "transforms"))

@@ -95,10 +95,11 @@ class DatasetAddress:
 DATASETS: Registry[Callable[..., MedicalDataset]] = Registry("dataset kind")
 
 
-def check_dataset(address: str | DatasetAddress) -> DatasetAddress:
+def check_dataset(address: str | DatasetAddress, *, location: bool = True) -> DatasetAddress:
     """Check a dataset address without loading anything (and without torch): its kind, its options (the
     kind's ``check`` hook) and, for kinds whose location is a file or folder (registered with
-    ``location="file"`` or ``"folder"``), that it is one and is readable. The CLI calls it before any work.
+    ``location="file"`` or ``"folder"``), that it is one and is readable (``location=False``: not the files,
+    for a grid planned where the data are not). The CLI calls it before any work.
 
     Example:
         >>> check_dataset("csv:/nowhere/labels.csv")  # doctest: +SKIP
@@ -108,7 +109,7 @@ def check_dataset(address: str | DatasetAddress) -> DatasetAddress:
     meta = DATASETS.meta(addr.kind)
     if meta.get("check") is not None:
         meta["check"](addr)
-    kind = meta.get("location")
+    kind = meta.get("location") if location else None
     if kind in ("file", "folder"):
         check = require_file if kind == "file" else require_folder
         fix = f"check the location in {addr.kind}:LOCATION"

@@ -53,9 +53,18 @@ import pandas as pd
 from .._optional import require
 from ..errors import ConfigError, DataError
 from .base import DATASETS, DatasetAddress
-from .layouts import SHARED_OPTIONS, LayoutRows, finish, gray_layout_options, missing, read_header
+from .layouts import (
+    SHARED_OPTIONS,
+    LayoutRows,
+    carve_val,
+    finish,
+    gray_layout_options,
+    layout_root,
+    missing,
+    parse_val_fraction,
+    read_header,
+)
 from .masks import MaskOptions
-from .splits import grouped_split
 from .tables import FileOptions, as_float, auto_splits
 
 __all__ = ["load_cbis_ddsm", "read_roi_masks"]
@@ -104,8 +113,7 @@ class _Options:
         if self.target == "segmentation" and self.image == "roi":
             raise ConfigError("image=roi has no masks (the crops' masks are not distributed); segmentation "
                               "uses the full mammograms: drop image=roi")  # fmt: skip
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction={self.val_fraction!r} is not valid; give a number in [0, 1)")
+        parse_val_fraction(self.val_fraction)  # a multiple of 1/k below 1, as the grouped split needs
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -255,14 +263,9 @@ def _splits(table: pd.DataFrame, opts: _Options) -> np.ndarray:
     labels, groups = table[["label"]].clip(lower=0).to_numpy(), table["patient_id"].to_numpy()
     if opts.fractions_given:
         return auto_splits(labels, groups, opts.shared, source="CBIS-DDSM", classes=["benign", "malignant"])
-    splits = table["split"].to_numpy(dtype=object).copy()
-    train = splits == "train"
-    if opts.val_fraction > 0 and train.any():
-        fractions = (1 - opts.val_fraction, opts.val_fraction, 0.0)
-        splits[train] = grouped_split(
-            labels[train], groups[train], fractions=fractions, seed=opts.shared.seed
-        )
-    return splits
+    return carve_val(
+        table["split"].to_numpy(dtype=object), labels, groups, opts.val_fraction, opts.shared.seed
+    )
 
 
 def _rows(root: Path, split: str, opts: _Options) -> LayoutRows:
@@ -310,9 +313,9 @@ def _load(address: DatasetAddress, split: str, *, size: int | None = None, skip_
           **ignored: Any) -> Any:  # fmt: skip
     """Load one split of ``cbis-ddsm:ROOT`` (options: see the module docstring)."""
     opts = _Options.parse(address.options)
-    root = Path(address.location).expanduser()
-    if not root.is_dir():
-        raise missing("the dataset folder", root, "CBIS-DDSM", URL)
+    root = layout_root(
+        address.location, "CBIS-DDSM", URL, "ROOT/*_case_description_*_set.csv and ROOT/CBIS-DDSM/"
+    )
     rows = _rows(root, split, opts)
     read = read_roi_masks if opts.target == "segmentation" else None
     return finish(rows, split, str(address), opts.shared, opts.masks, skip_bad=skip_bad or opts.shared.skip_bad,

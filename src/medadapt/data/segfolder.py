@@ -65,6 +65,7 @@ from ..errors import ConfigError, DataError
 from .base import DATASETS, DatasetAddress
 from .folder import list_images, split_dirs
 from .images import DEFAULT_INTENSITY, INTENSITY_OPTIONS, Intensity
+from .layouts import carve_val, parse_val_fraction
 from .masks import (
     MASK_OPTIONS,
     SIZE_BANDS,
@@ -78,7 +79,7 @@ from .masks import (
     scan_masks,
     size_bands,
 )
-from .splits import DEFAULT_FRACTIONS, grouped_split
+from .splits import DEFAULT_FRACTIONS
 from .tables import (
     IMAGE_SUFFIXES,
     SPLIT_ALIASES,
@@ -132,11 +133,7 @@ class _SegOptions:
     def __post_init__(self) -> None:
         if self.val_list not in (None, "test", "val"):
             raise ConfigError(f"val_list={self.val_list!r} is not valid; choose test or val")
-        vf = self.val_fraction
-        if not (0 <= vf < 1 and any(np.isclose(vf * k, round(vf * k)) for k in range(1, 21))):
-            raise ConfigError(
-                f"val_fraction={vf!r} is not valid; give a multiple of 1/k (k <= 20) below 1, e.g. 0.1"
-            )
+        parse_val_fraction(self.val_fraction)
         if self.classes is not None and len(self.classes) < 2:
             raise ConfigError(
                 f"classes={','.join(self.classes)!r}: segmentation needs two or more (background first)"
@@ -324,11 +321,9 @@ def _splits(
     carve = train.any() and not (given == "val").any() and opts.val_fraction > 0
     needed = (given == split) | (train & carve & (split in ("train", "val")))
     found = scan(np.flatnonzero(needed))
-    splits = given.copy()
     if carve and split in ("train", "val"):
-        fractions = (1 - opts.val_fraction, opts.val_fraction, 0.0)
-        splits[train] = grouped_split(found.labels[train], groups[train], fractions=fractions, seed=opts.seed)
-    return splits, found
+        return carve_val(given, found.labels, groups, opts.val_fraction, opts.seed), found
+    return given.copy(), found
 
 
 @dataclass

@@ -45,7 +45,15 @@ import pandas as pd
 
 from ..errors import ConfigError, DataError
 from .base import DATASETS, DatasetAddress
-from .layouts import SHARED_OPTIONS, LayoutRows, finish, gray_layout_options, missing, read_header
+from .layouts import (
+    SHARED_OPTIONS,
+    LayoutRows,
+    finish,
+    gray_layout_options,
+    layout_root,
+    missing,
+    read_header,
+)
 from .masks import MaskOptions, mask_columns, object_size
 from .tables import FileOptions, auto_splits
 
@@ -234,9 +242,7 @@ def _load(address: DatasetAddress, split: str, *, size: int | None = None, skip_
           **ignored: Any) -> Any:  # fmt: skip
     """Load one split of ``siim-acr:ROOT`` (options: see the module docstring)."""
     opts, masks, target, rle = _parse(address.options)
-    root = Path(address.location).expanduser()
-    if not root.is_dir():
-        raise missing("the dataset folder", root, "SIIM-ACR", URL)
+    root = layout_root(address.location, "SIIM-ACR", URL, "ROOT/train-rle.csv and ROOT/dicom-images-train/")
     rows, read = _rows(root, split, opts, target, rle)
     return finish(
         rows, split, str(address), opts, masks, skip_bad=skip_bad or opts.skip_bad, read=read, size=size

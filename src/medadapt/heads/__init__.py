@@ -14,9 +14,9 @@ is checked in a fraction of a second), and a head's module is imported when it i
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_exports
 from .._registry import Registry
 
 if TYPE_CHECKING:
@@ -59,10 +59,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def create_head(name: str, dim: int, num_outputs: int, **kwargs: Any) -> nn.Module:

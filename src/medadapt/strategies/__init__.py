@@ -21,9 +21,8 @@ Example:
     LayerDecay(decay=0.65)
 """
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_exports
+from ..heads import NATIVE_HEAD
 from .base import STRATEGIES, Strategy, create_strategy
 
 # The registrations, one line per strategy: lazy, so that the names (and a config naming one) are known
@@ -50,14 +49,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name == "NATIVE_HEAD":
-        from ..heads import NATIVE_HEAD
-
-        return NATIVE_HEAD
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -5,8 +5,7 @@ The names below load on first use: :class:`TrainConfig` (``training.config``) is
 torch, so that a bad training setting is reported in a fraction of a second.
 """
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 #: where the names exported here live
 _EXPORTS = {
@@ -31,10 +30,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
