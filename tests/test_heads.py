@@ -84,6 +84,13 @@ def test_attention_head_uses_timm_blocks_and_latent_pool() -> None:
     assert isinstance(head.proj, torch.nn.Identity)  # width defaults to min(D, 256) = D here
 
 
+def test_attention_head_default_is_the_map_head() -> None:
+    """Default: the learned-query pooling alone (SigLIP's MAP head), no self-attention block before it."""
+    head = AttentionPoolHead(DIM, 3)
+    assert not any(isinstance(m, Block) for m in head.modules())
+    assert sum(isinstance(m, AttentionPoolLatent) for m in head.modules()) == 1
+
+
 def test_attention_head_projects_wide_tokens() -> None:
     head = AttentionPoolHead(512, 3, depth=0)
     assert head.proj.out_features == 256

@@ -27,11 +27,17 @@ class AttentionPoolHead(nn.Module):
     """Classify frozen patch tokens ``[B, T, D]`` by attention pooling.
 
     Tokens (float16 from the cache, cast to float32) are projected ``D -> width`` (default ``min(D, 256)``,
-    so a grid of heads over ViT-L tokens stays cheap; no projection when ``width == D``), normalized, passed
-    through ``depth`` timm ViT :class:`~timm.models.vision_transformer.Block` s (default 1; 0 pools the
-    projected tokens directly), then a learned query cross-attends to them (timm's
-    :class:`~timm.layers.AttentionPoolLatent`, as in SigLIP's MAP head) and a LayerNorm + linear layer map
-    the pooled vector to ``num_outputs`` logits. ``num_heads`` defaults to :func:`default_num_heads`.
+    so a grid of heads over ViT-L tokens stays cheap; no projection when ``width == D``) and normalized;
+    a learned query cross-attends to them, followed by an MLP on the pooled vector (timm's
+    :class:`~timm.layers.AttentionPoolLatent`, SigLIP's MAP head), and a LayerNorm + linear layer map the
+    pooled vector to ``num_outputs`` logits. ``num_heads`` defaults to :func:`default_num_heads`.
+
+    ``depth`` timm ViT :class:`~timm.models.vision_transformer.Block` s of self-attention over the tokens
+    may come before the pooling. The default is none (``depth=0``): the pooling alone is the attentive
+    probe of SigLIP, AIM and V-JEPA (whose probe's one block is this cross-attention), and a lighter probe
+    does as well as heavier ones on frozen tokens (Psomas et al., *Attention, Please! Revisiting Attentive
+    Probing*, 2025). A self-attention block costs about six times the pooling per token (12 vs 2 matmuls of
+    ``width^2``), which a grid of probes pays in every cell. (Until 2026-12-07 the default was ``depth=1``.)
 
     Example:
         >>> head = AttentionPoolHead(384, 9)
@@ -49,7 +55,7 @@ class AttentionPoolHead(nn.Module):
         num_outputs: int,
         *,
         width: int | None = None,
-        depth: int = 1,
+        depth: int = 0,
         num_heads: int | None = None,
         mlp_ratio: float = 4.0,
         drop: float = 0.0,
