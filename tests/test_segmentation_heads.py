@@ -10,6 +10,7 @@ from medadapt.errors import ConfigError, DataError, UnknownNameError
 from medadapt.heads.segmentation import (
     SEGMENTATION_HEADS,
     MultiScaleSegHead,
+    bilinear_resize,
     create_segmentation_head,
     segmentation_loss,
     tokens_to_map,
@@ -95,6 +96,57 @@ def test_linear_head_is_bn_then_1x1_conv_then_bilinear() -> None:
     x = head.norm(tokens_to_map(tokens.float(), grid))
     want = F.interpolate(head.classifier(x), size=(9, 8), mode="bilinear", align_corners=False)
     torch.testing.assert_close(head(tokens, grid, (9, 8)), want)
+
+
+def test_linear_head_trains_like_bn_and_conv_on_the_token_map() -> None:
+    """Train mode: batch statistics, running statistics and gradients as BatchNorm2d + conv on the map."""
+    head = create_segmentation_head("linear", DIM, CLASSES).train()
+    twin = create_segmentation_head("linear", DIM, CLASSES).train()
+    twin.load_state_dict(head.state_dict())
+    tokens, grid = _tokens((3, 4)).float(), (3, 4)
+    x = twin.norm(tokens_to_map(tokens, grid))
+    want = F.interpolate(twin.classifier(x), size=(9, 8), mode="bilinear", align_corners=False)
+    got = head(tokens, grid, (9, 8))
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    (got * g).sum().backward()
+    (want * g).sum().backward()
+    for (name, a), b in zip(head.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    torch.testing.assert_close(head.norm.running_var, twin.norm.running_var)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((2, 3, 16, 16), (224, 224)),
+        ((1, 2, 3, 5), (7, 11)),
+        ((2, 4, 9, 8), (4, 3)),
+        ((1, 1, 1, 1), (5, 6)),
+        ((1, 2, 130, 6), (140, 12)),
+    ],  # fmt: skip
+)
+def test_bilinear_resize_is_f_interpolate(shape: tuple[int, ...], size: tuple[int, int]) -> None:
+    """Values and gradients of torch's bilinear resize (align_corners=False), up, down and mixed; inputs
+    over 128 a side go to F.interpolate itself."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    want = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    got = bilinear_resize(x, size)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    (grad_want,) = torch.autograd.grad((want * g).sum(), x)
+    (grad_got,) = torch.autograd.grad((got * g).sum(), x)
+    torch.testing.assert_close(grad_got, grad_want)
+
+
+def test_bilinear_resize_keeps_dtype_and_trains_after_inference_mode() -> None:
+    x = torch.randn(1, 2, 4, 4)
+    with torch.inference_mode():  # its weight matrices are cached: they must not be inference tensors
+        bilinear_resize(x, (10, 10))
+    leaf = x.clone().requires_grad_()
+    bilinear_resize(leaf, (10, 10)).sum().backward()
+    assert leaf.grad is not None
+    assert bilinear_resize(x.bfloat16(), (10, 10)).dtype == torch.bfloat16
 
 
 def _fused_shape(head: MultiScaleSegHead, features: list, out_size: tuple[int, int]) -> tuple[int, int]:

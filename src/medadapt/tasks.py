@@ -339,31 +339,36 @@ def segmentation_loss(
         raise ConfigError(f"unknown segmentation loss {kind!r}; valid: {', '.join(SEGMENTATION_LOSSES)}")
     masks = masks.long()
     valid = _check_masks(logits, masks, ignore_index)
+    parts = kind.split("+")
+    # One log-softmax serves both parts (cross-entropy is its NLL, the Dice its exp): a second softmax over
+    # the full-resolution logits was a sixth of a cached probe step on CPU.
+    log_probs = F.log_softmax(logits.float(), dim=1)
     loss = logits.new_zeros((), dtype=torch.float32)
-    if "ce" in kind.split("+"):
+    if "ce" in parts:
         weight = None if class_weights is None else class_weights.to(logits.device, torch.float32)
         ignore = -100 if ignore_index is None else ignore_index
-        loss = loss + F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=ignore)
-    if "dice" in kind.split("+"):
-        loss = loss + _dice_loss(logits, masks, valid, include_background=include_background, smooth=smooth)
+        loss = loss + F.nll_loss(log_probs, masks, weight=weight, ignore_index=ignore)
+    if "dice" in parts:
+        loss = loss + _dice_loss(
+            log_probs, masks, valid, include_background=include_background, smooth=smooth
+        )
     return loss
 
 
 def _dice_loss(
-    logits: torch.Tensor,
+    log_probs: torch.Tensor,
     masks: torch.Tensor,
     valid: torch.Tensor | None,
     *,
     include_background: bool,
     smooth: float,
 ) -> torch.Tensor:
-    c = logits.shape[1]
-    probs = torch.softmax(logits.float(), dim=1)
-    target = F.one_hot(masks if valid is None else masks.where(valid, 0), c).permute(0, 3, 1, 2).float()
-    if valid is not None:
-        probs, target = probs * valid[:, None], target * valid[:, None]
     first = 0 if include_background else 1
-    probs, target = probs[:, first:], target[:, first:]
+    classes = torch.arange(first, log_probs.shape[1], device=masks.device).view(1, -1, 1, 1)
+    probs = log_probs[:, first:].exp()
+    target = masks[:, None] == classes  # the one-hot of the counted classes, as a bool comparison
+    if valid is not None:
+        probs, target = probs * valid[:, None], target & valid[:, None]
     inter = (probs * target).sum((0, 2, 3))
     dice = (2 * inter + smooth) / (probs.sum((0, 2, 3)) + target.sum((0, 2, 3)) + smooth)
     return 1 - dice.mean()
@@ -382,8 +387,12 @@ def _check_masks(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int | 
             f"segmentation needs >= 2 softmax classes (binary: background + foreground), got {c}"
         )
     valid = None if ignore_index is None else masks != ignore_index
-    outside = (masks < 0) | (masks >= c)
-    if bool((outside if valid is None else outside & valid).any()):
+    if valid is None:  # one reduction pass, no [B, H, W] temporaries: this runs on every training step
+        low, high = torch.aminmax(masks) if masks.numel() else (0, 0)
+        outside = bool(low < 0) or bool(high >= c)
+    else:
+        outside = bool((((masks < 0) | (masks >= c)) & valid).any())
+    if outside:
         raise DataError(
             f"mask values range over [{int(masks.min())}, {int(masks.max())}], outside the {c} classes "
             f"[0, {c - 1}]" + ("" if ignore_index is None else f" and ignore_index={ignore_index}")

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ __all__ = [
     "SEGMENTATION_HEADS",
     "SEGMENTATION_LOSSES",
     "LinearSegHead",
+    "bilinear_resize",
     "MultiScaleSegHead",
     "ProgressiveDecoderHead",
     "create_segmentation_head",
@@ -59,13 +61,20 @@ def tokens_to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         >>> tokens_to_map(torch.zeros(2, 6, 8), (2, 3)).shape
         torch.Size([2, 8, 2, 3])
     """
+    h, w = _grid_of(tokens, grid)
+    b, _, d = tokens.shape
+    return tokens.transpose(1, 2).reshape(b, d, h, w)
+
+
+def _grid_of(tokens: torch.Tensor, grid: Sequence[int]) -> Size:
+    """``grid`` as ``(h, w)``, checked to hold the tokens ``[B, T, D]`` (a DataError saying why not)."""
     h, w = (int(g) for g in grid)
     if tokens.ndim != 3:
         raise DataError(
             f"expected patch tokens [B, T, D], got a tensor of shape {tuple(tokens.shape)}; a feature map "
             "[B, D, h, w] is flattened with fmap.flatten(2).transpose(1, 2) (backbones.tokens_from_map)"
         )
-    b, t, d = tokens.shape
+    t = tokens.shape[1]
     if t != h * w:
         extra = t - h * w
         hint = (
@@ -75,7 +84,7 @@ def tokens_to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
             else "; check that the grid belongs to these tokens (a grid (h, w) has h * w tokens, row-major)"
         )
         raise DataError(f"{t} tokens do not fill the grid {(h, w)} of {h * w} patches{hint}")
-    return tokens.transpose(1, 2).reshape(b, d, h, w)
+    return h, w
 
 
 def _size(size: Sequence[int]) -> Size:
@@ -83,14 +92,64 @@ def _size(size: Sequence[int]) -> Size:
     return h, w
 
 
+#: Inputs up to this many rows / columns are resized by :func:`bilinear_resize`'s matmuls.
+_MATMUL_RESIZE_MAX = 128
+
+
+def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` of maps ``[..., h, w]``, in ``x``'s dtype.
+
+    Bilinear resizing is linear and separable: ``A_h @ x @ A_w.T`` with fixed ``[H, h]`` and ``[W, w]``
+    weight matrices (two non-zeros per row, torch's source-index rule) gives the same values within float
+    rounding (tested against ``F.interpolate``). It is written out because torch's CPU kernel and its
+    backward are slow: upsampling a probe's logits from a 16 x 16 token grid to 224 x 224 took 37% of a
+    cached segmentation-probe step; the two matmuls are ~15x faster forward + backward (and deterministic
+    on CUDA, where the kernel's backward is not). The dense matrices cost ``h`` multiply-adds an output
+    pixel, so inputs larger than 128 a side go to ``F.interpolate``. Computed in float32 under autocast.
+
+    Example:
+        >>> bilinear_resize(torch.ones(1, 2, 3, 4), (6, 8)).shape
+        torch.Size([1, 2, 6, 8])
+    """
+    (h, w), (out_h, out_w) = x.shape[-2:], _size(size)
+    if (h, w) == (out_h, out_w):
+        return x
+    if max(h, w) > _MATMUL_RESIZE_MAX:
+        return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    with torch.autocast(x.device.type, enabled=False):
+        rows = _resize_matrix(h, out_h, x.device)
+        cols = _resize_matrix(w, out_w, x.device)
+        return (rows @ x.float() @ cols.T).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """``[n_out, n_in]`` float32 weights of 1-D bilinear resizing (align_corners=False), as torch computes
+    them: source ``(i + 0.5) * n_in / n_out - 0.5`` clamped at 0, its floor and the next index (the last
+    index repeats), weighted by the distance."""
+    with torch.inference_mode(False):  # built once, maybe under inference mode, then saved for backward
+        return _resize_weights(n_in, n_out).to(device)
+
+
+def _resize_weights(n_in: int, n_out: int) -> torch.Tensor:
+    # in float32, as torch's kernel computes the scale, the source index and the weights of float maps
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+    low = src.floor().long().clamp_max(n_in - 1)
+    frac = src - low
+    high = (low + 1).clamp_max(n_in - 1)
+    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
+    out = torch.arange(n_out)
+    weights.index_put_((out, low), 1 - frac, accumulate=True)
+    weights.index_put_((out, high), frac, accumulate=True)
+    return weights
+
+
 def _classify(conv: nn.Conv2d, x: torch.Tensor, out_size: Size) -> torch.Tensor:
     """``conv(x)`` upsampled bilinearly to ``out_size``, in float32 even under autocast (as
     :func:`~medadapt.heads.linear.float32_logits`)."""
     with torch.autocast(x.device.type, enabled=False):
-        logits = conv(x.float())
-        if tuple(logits.shape[-2:]) == out_size:
-            return logits
-        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return bilinear_resize(conv(x.float()), out_size)
 
 
 def _classifier(width: int, num_classes: int) -> nn.Conv2d:
@@ -133,8 +192,16 @@ class LinearSegHead(nn.Module):
         self.classifier = _classifier(dim, num_classes)
 
     def forward(self, tokens: torch.Tensor, grid: Sequence[int], out_size: Sequence[int]) -> torch.Tensor:
-        x = self.norm(tokens_to_map(tokens.float(), grid))
-        return _classify(self.classifier, x, _size(out_size))
+        # The same as norm + 1x1 conv on tokens_to_map(tokens), without transposing the tokens into a map:
+        # BatchNorm2d of tokens as [B*T, D, 1, 1] has the same per-channel statistics, and the 1x1 conv is a
+        # linear layer on the last axis; only the C-channel logits are laid out as a map.
+        h, w = _grid_of(tokens, grid)
+        b, t, d = tokens.shape
+        x = self.norm(tokens.float().reshape(b * t, d, 1, 1)).reshape(b, t, d)
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self.classifier.weight.flatten(1)
+            logits = F.linear(x.float(), weight, self.classifier.bias).transpose(1, 2).reshape(b, -1, h, w)
+            return bilinear_resize(logits, out_size)
 
 
 class MultiScaleSegHead(nn.Module):
@@ -203,8 +270,7 @@ class MultiScaleSegHead(nn.Module):
         fused = None
         for proj, (tokens, grid) in zip(self.proj, features):
             x = proj(tokens_to_map(tokens.float(), grid))
-            if tuple(x.shape[-2:]) != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = bilinear_resize(x, size)
             fused = x if fused is None else fused + x
         assert fused is not None
         return _classify(self.classifier, fused, _size(out_size))
@@ -261,9 +327,7 @@ class ProgressiveDecoderHead(nn.Module):
         x = tokens_to_map(tokens.float(), grid)
         for block in self.blocks:
             x = block(x)
-            size = (min(2 * x.shape[-2], out_size[0]), min(2 * x.shape[-1], out_size[1]))
-            if tuple(x.shape[-2:]) != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = bilinear_resize(x, (min(2 * x.shape[-2], out_size[0]), min(2 * x.shape[-1], out_size[1])))
         return _classify(self.classifier, x, out_size)
 
 
