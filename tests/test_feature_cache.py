@@ -263,3 +263,33 @@ def test_more_levels_than_the_backbone_has_is_a_config_error(setup, tmp_path):
     with pytest.raises(ConfigError, match="levels must be an integer from 1 to 2"):
         extract_features(bb, ds, pre, cache_dir=tmp_path, levels=3)
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+class MaskedTiny(TinyDataset):
+    """A segmentation-style dataset: items carry a mask, counted as read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks_read = 0
+
+    def mask(self, i: int) -> torch.Tensor:
+        self.masks_read += 1
+        return torch.zeros(20, 20, dtype=torch.long)
+
+
+def test_extraction_reads_images_not_masks(setup, tmp_path, monkeypatch):
+    """Extraction never decodes a segmentation dataset's masks (fingerprint, shape probe, rows); a resumed
+    extraction continues to the same features."""
+    bb, pre, _ = setup
+    ds = MaskedTiny()
+    whole = extract_features(bb, ds, pre, cache_dir=tmp_path / "a", batch_size=4, autocast=False)
+    assert ds.masks_read == 0
+    monkeypatch.setattr(cache_mod, "_SAVE_EVERY", 1)
+    counting = CountingForward(bb, fail_after=1)
+    monkeypatch.setattr(bb, "forward_features", counting)
+    with pytest.raises(Killed):
+        extract_features(bb, ds, pre, cache_dir=tmp_path / "b", batch_size=4, autocast=False)
+    monkeypatch.setattr(bb, "forward_features", counting.orig)
+    resumed = extract_features(bb, ds, pre, cache_dir=tmp_path / "b", batch_size=4, autocast=False)
+    np.testing.assert_array_equal(resumed.embeddings, whole.embeddings)
+    assert ds.masks_read == 0
