@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lrs", type=float, nargs="+", default=[1e-3, 1e-4], help="linear / attention (default: %(default)s)"
     )
     parser.add_argument(
+        "--attention-depth",
+        type=int,
+        default=None,
+        help="self-attention blocks before the attention head's pooling (default: the head's default, 0)",
+    )
+    parser.add_argument(
         "--scratch", default=None, help="keep the runs in this folder (default: a temp folder)"
     )
     parser.add_argument("--note", default="", help="a line about the machine's state, added to the output")
@@ -112,7 +118,7 @@ def write_grid(args, path: Path) -> Path:
         "backbones": [{"address": a, "name": n} for n, a in BACKBONES.items()],
         "methods": [
             {"name": "linear", "probe": "linear", "lrs": lrs},
-            {"name": "attention", "probe": "attention", "lrs": lrs},
+            {"name": "attention", "probe": "attention", "lrs": lrs, **_attention_kwargs(args)},
             {"name": "knn", "probe": "knn"},
         ],
         "seeds": args.seeds,
@@ -120,6 +126,10 @@ def write_grid(args, path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
+
+
+def _attention_kwargs(args) -> dict:
+    return {} if args.attention_depth is None else {"head_kwargs": {"depth": args.attention_depth}}
 
 
 def run_grid(args, scratch: Path) -> dict:
@@ -203,6 +213,8 @@ def probe_command(args, config: Path, csv: Path, cell: tuple, out: Path, cache: 
     backbone, head, _, seed = cell
     cmd = ["probe", "--config", str(config), "--dataset", f"csv:{csv}", "--backbone", BACKBONES[backbone]]
     cmd += ["--head", head, "--seeds", str(seed), "--out", str(out), "--cache-dir", str(cache)]
+    if head == "attention" and args.attention_depth is not None:
+        cmd += ["--head-option", f"depth={args.attention_depth}"]
     return cli(*cmd, *(["--lrs", *map(str, args.lrs)] if head != "knn" else []))
 
 
@@ -304,7 +316,9 @@ def _notes(args, grid: dict, ref: dict, cells: int, export_seconds: float) -> li
         f"{args.dataset}: {len(BACKBONES)} backbones ({', '.join(f'{n} = `{a}`' for n, a in BACKBONES.items())}, "
         f"RANDOM INIT: no pretrained weights here; one fixed draw, backbone seed 0, on both sides) x heads "
         f"{', '.join(HEADS)} x {args.seeds} seed(s) x {args.folds} folds = {cells} cells; {args.size} px; "
-        f"linear / attention: LRs {args.lrs}, {args.epochs} epochs; kNN: the default k grid. Grid workers: "
+        f"linear / attention: LRs {args.lrs}, {args.epochs} epochs; attention head depth "
+        f"{'0 (its default)' if args.attention_depth is None else args.attention_depth}; kNN: the default k "
+        "grid. Grid workers: "
         f"{args.workers}; the invocations ran {args.workers} at a time.",
         f"The reference reads each fold as a `csv:` dataset of PNGs (the grid's own fold assignment); writing "
         f"the PNGs took {export_seconds:.1f} s, counted on neither side. Its linear and kNN invocations extract "
