@@ -34,9 +34,9 @@ class AttentionPoolHead(nn.Module):
 
     ``depth`` timm ViT :class:`~timm.models.vision_transformer.Block` s of self-attention over the tokens
     may come before the pooling. The default is none (``depth=0``): the pooling alone is the attentive
-    probe of SigLIP, AIM and V-JEPA (whose probe's one block is this cross-attention), and a lighter probe
-    does as well as heavier ones on frozen tokens (Psomas et al., *Attention, Please! Revisiting Attentive
-    Probing*, 2025). A self-attention block costs about six times the pooling per token (12 vs 2 matmuls of
+    probe of SigLIP, AIM and V-JEPA (whose probe's one block is this cross-attention), and Psomas et al.
+    (*Attention, Please! Revisiting Attentive Probing*, 2025) report lighter attentive probes matching
+    heavier ones on frozen tokens. A self-attention block costs about six times the pooling per token (12 vs 2 matmuls of
     ``width^2``), which a grid of probes pays in every cell. (Until 2026-12-07 the default was ``depth=1``.)
 
     Example:
