@@ -108,7 +108,7 @@ def test_linear_head_trains_like_bn_and_conv_on_the_token_map() -> None:
     want = F.interpolate(twin.classifier(x), size=(9, 8), mode="bilinear", align_corners=False)
     got = head(tokens, grid, (9, 8))
     torch.testing.assert_close(got, want)
-    g = torch.randn_like(want)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
     (got * g).sum().backward()
     (want * g).sum().backward()
     for (name, a), b in zip(head.named_parameters(), twin.parameters()):
@@ -129,14 +129,17 @@ def test_linear_head_trains_like_bn_and_conv_on_the_token_map() -> None:
 def test_bilinear_resize_is_f_interpolate(shape: tuple[int, ...], size: tuple[int, int]) -> None:
     """Values and gradients of torch's bilinear resize (align_corners=False), up, down and mixed; inputs
     over 128 a side go to F.interpolate itself."""
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, requires_grad=True)
     want = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     got = bilinear_resize(x, size)
     torch.testing.assert_close(got, want)
-    g = torch.randn_like(want)
+    g = torch.randn(want.shape, generator=gen)
     (grad_want,) = torch.autograd.grad((want * g).sum(), x)
     (grad_got,) = torch.autograd.grad((got * g).sum(), x)
-    torch.testing.assert_close(grad_got, grad_want)
+    # an input's gradient sums up to ~200 output gradients (x14 upsampling), in another order than the
+    # kernel's: float32 rounding of such sums is ~1e-5 of their size; wrong weights would be off by ~0.1
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-4)
 
 
 def test_bilinear_resize_keeps_dtype_and_trains_after_inference_mode() -> None:

@@ -128,21 +128,17 @@ def _resize_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     them: source ``(i + 0.5) * n_in / n_out - 0.5`` clamped at 0, its floor and the next index (the last
     index repeats), weighted by the distance."""
     with torch.inference_mode(False):  # built once, maybe under inference mode, then saved for backward
-        return _resize_weights(n_in, n_out).to(device)
-
-
-def _resize_weights(n_in: int, n_out: int) -> torch.Tensor:
-    # in float32, as torch's kernel computes the scale, the source index and the weights of float maps
-    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
-    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
-    low = src.floor().long().clamp_max(n_in - 1)
-    frac = src - low
-    high = (low + 1).clamp_max(n_in - 1)
-    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
-    out = torch.arange(n_out)
-    weights.index_put_((out, low), 1 - frac, accumulate=True)
-    weights.index_put_((out, high), frac, accumulate=True)
-    return weights
+        # in float32, as torch's kernel computes the scale, the source index and the weights of float maps
+        scale = torch.tensor(n_in, dtype=torch.float32) / n_out
+        src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0)
+        low = src.floor().long().clamp_max(n_in - 1)
+        frac = src - low
+        high = (low + 1).clamp_max(n_in - 1)
+        weights = torch.zeros(n_out, n_in, dtype=torch.float32)
+        out = torch.arange(n_out)
+        weights.index_put_((out, low), 1 - frac, accumulate=True)
+        weights.index_put_((out, high), frac, accumulate=True)
+        return weights.to(device)
 
 
 def _classify(conv: nn.Conv2d, x: torch.Tensor, out_size: Size) -> torch.Tensor:
