@@ -60,7 +60,7 @@ from medadapt.data import MedicalDataset, Preprocess, load_dataset
 from medadapt.evaluation.segmentation import dice_per_image
 from medadapt.features import extract_features
 from medadapt.heads.segmentation import create_segmentation_head
-from medadapt.tasks import get_task
+from medadapt.tasks import class_map, get_task
 from medadapt.training.probe import head_optimizer, row_batches
 from medadapt.training.seg_probe import train_seg_probe
 
@@ -214,7 +214,7 @@ def run_reference(args, splits, masks, backbone, preprocess) -> dict[str, Any]:
         with torch.no_grad():
             for start in range(0, len(images[split]), args.batch_size):
                 tokens, grid = tokens_of(images[split][start : start + args.batch_size])
-                out.append(head(tokens, grid, out_size).argmax(1).to(torch.uint8).cpu())
+                out.append(class_map(head(tokens, grid, out_size)).to(torch.uint8).cpu())
         return torch.cat(out).numpy()
 
     with seeded(args.seed):
@@ -234,7 +234,7 @@ def run_reference(args, splits, masks, backbone, preprocess) -> dict[str, Any]:
                 if len(rows) < 2:  # as train_seg_probe: batch norm cannot train on one image
                     continue
                 tokens, grid = tokens_of(images["train"][torch.from_numpy(rows)])
-                target = torch.from_numpy(masks["train"][rows].astype(np.int64)).to(device)
+                target = torch.from_numpy(masks["train"][rows]).to(device)  # uint8, as train_seg_probe
                 opt.zero_grad(set_to_none=True)
                 with autocast_context(device, head_autocast):
                     loss = task.loss(head(tokens, grid, out_size), target)

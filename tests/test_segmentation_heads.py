@@ -15,6 +15,7 @@ from medadapt.heads.segmentation import (
     segmentation_loss,
     tokens_to_map,
 )
+from medadapt.tasks import class_map
 
 DIM, CLASSES, BATCH = 16, 3, 2
 GRIDS_AND_SIZES = [((4, 4), (16, 16)), ((3, 5), (24, 40)), ((2, 3), (7, 11)), ((4, 4), (4, 4))]
@@ -266,6 +267,80 @@ def test_ignore_index_leaves_pixels_out_of_both_parts() -> None:
     assert segmentation_loss(kept, ignored, kind="dice", ignore_index=255).item() < 1e-6
 
 
+def _softmax_reference(logits, masks, kind, weight, ignore_index, include_background, smooth=1e-5):
+    """The loss as its docstring states it, through the softmax over every class (no two-class shortcut)."""
+    loss = torch.zeros((), dtype=logits.dtype)
+    valid = torch.ones_like(masks, dtype=torch.bool) if ignore_index is None else masks != ignore_index
+    if "ce" in kind.split("+"):
+        ignore = -100 if ignore_index is None else ignore_index
+        loss = loss + F.cross_entropy(logits, masks, weight=weight, ignore_index=ignore)
+    if "dice" in kind.split("+"):
+        probs = torch.softmax(logits, 1) * valid[:, None]
+        onehot = F.one_hot(masks.where(valid, 0), logits.shape[1]).permute(0, 3, 1, 2) * valid[:, None]
+        dice = (2 * (probs * onehot).sum((0, 2, 3)) + smooth) / (
+            probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + smooth
+        )
+        loss = loss + 1 - dice[0 if include_background else 1 :].mean()
+    return loss
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"weighted": True},
+        {"ignore_index": 255},
+        {"include_background": True},
+        {"weighted": True, "ignore_index": 255, "include_background": True},
+    ],  # fmt: skip
+)
+def test_loss_values_and_gradients_match_the_softmax_formula(classes: int, kind: str, options: dict) -> None:
+    """Two classes take the logit-difference path, more the softmax path: both give the softmax formula's
+    values and gradients (float64, so a wrong term cannot hide in rounding), and uint8 masks what int64 do."""
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randn(3, classes, 7, 9, generator=g, dtype=torch.float64)
+    masks = torch.randint(0, classes, (3, 7, 9), generator=g)
+    ignore_index = options.get("ignore_index")
+    if ignore_index is not None:
+        masks[:, :2, :3] = ignore_index
+    weight = torch.rand(classes, generator=g, dtype=torch.float64) + 0.5 if options.get("weighted") else None
+    include_background = options.get("include_background", False)
+    want = _softmax_reference(logits.requires_grad_(), masks, kind, weight, ignore_index, include_background)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    for dtype in (torch.int64, torch.uint8):
+        got = segmentation_loss(logits, masks.to(dtype), kind=kind, class_weights=weight,
+                                ignore_index=ignore_index, include_background=include_background)  # fmt: skip
+        (got_grad,) = torch.autograd.grad(got, logits)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)  # the loss computes in float32
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_two_class_loss_gradient_matches_torch_and_monai() -> None:
+    """The two-class path against the libraries: ``F.cross_entropy`` plus MONAI's batch soft Dice."""
+    losses = pytest.importorskip("monai.losses")
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(4, 2, 12, 10, generator=g).requires_grad_()
+    masks = (torch.rand(4, 12, 10, generator=g) < 0.3).long()
+    dice = losses.DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
+                           smooth_nr=1e-5, smooth_dr=1e-5)  # fmt: skip
+    want = F.cross_entropy(logits, masks) + dice(logits, masks[:, None])
+    (want_grad,) = torch.autograd.grad(want, logits)
+    got = segmentation_loss(logits, masks.to(torch.uint8))
+    (got_grad,) = torch.autograd.grad(got, logits)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_class_map_is_argmax_with_ties_and_nan() -> None:
+    logits = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(0))
+    logits[0, 1:3, 0, 0] = 9.0  # a tie: the first class wins
+    logits[1, 2, 1, 1] = float("nan")  # NaN counts as the largest
+    torch.testing.assert_close(class_map(logits), logits.argmax(1))
+    assert class_map(logits)[0, 0, 0] == 1 and class_map(logits)[1, 1, 1] == 2
+
+
 def test_loss_errors() -> None:
     logits, masks = _loss_inputs()
     with pytest.raises(ConfigError, match="ce\\+dice"):
@@ -276,6 +351,8 @@ def test_loss_errors() -> None:
         segmentation_loss(logits, masks + 1)
     with pytest.raises(ConfigError, match=">= 2 softmax classes"):
         segmentation_loss(logits[:, :1], masks.clamp(max=0))
+    with pytest.raises(DataError, match="outside the 2 classes"):  # the two-class path checks the same
+        segmentation_loss(logits[:, :2], masks.to(torch.uint8))
 
 
 def test_linear_head_learns_a_linear_token_mask() -> None:

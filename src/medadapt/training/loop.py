@@ -47,7 +47,7 @@ from ..data.base import MedicalDataset
 from ..data.transforms import Preprocess, collate, make_loader
 from ..errors import ConfigError, DataError
 from ..strategies.base import Strategy
-from ..tasks import SegmentationTask, Task, get_task
+from ..tasks import SegmentationTask, Task, class_map, get_task
 from .augment import Augment, make_augment
 from .checkpoint import checkpoint_path, cpu_state, load_checkpoint, run_fingerprint, save_checkpoint
 from .config import TrainConfig
@@ -388,7 +388,7 @@ def evaluate(
         for logits, masks in _outputs(model, loader, preprocess, device, autocast, spec):
             loss += float(spec.loss(logits, masks)) * len(masks)
             n += len(masks)
-            dice.append(dice_per_image(masks.numpy(), logits.argmax(1).numpy(), logits.shape[1]))
+            dice.append(dice_per_image(masks.numpy(), class_map(logits).numpy(), logits.shape[1]))
         return {"val_dice": float(np.mean(np.concatenate(dice))), "val_loss": loss / max(n, 1)}
     logits, labels = (torch.cat(t) for t in zip(*_outputs(model, loader, preprocess, device, autocast, spec)))
     loss = float(loss_fn(spec.name)(logits, labels))
@@ -422,7 +422,7 @@ def predict(
     task = get_task(ds.task)
     outputs = _outputs(_place(model, device), loader, preprocess, device, autocast, task)
     if task.kind == "segmentation":
-        return torch.cat([logits.argmax(1).to(torch.uint8) for logits, _ in outputs]).numpy()
+        return torch.cat([class_map(logits).to(torch.uint8) for logits, _ in outputs]).numpy()
     return to_scores(ds.task, torch.cat([logits for logits, _ in outputs])).numpy()
 
 

@@ -32,7 +32,7 @@ from .._device import autocast_context, seeded
 from ..errors import ConfigError, DataError
 from ..features.featureset import FeatureSet
 from ..heads.segmentation import SEGMENTATION_HEADS, create_segmentation_head
-from ..tasks import get_task
+from ..tasks import class_map, get_task
 from .probe import DEFAULT_LRS, head_optimizer, row_batches
 
 __all__ = ["SegProbeResult", "train_seg_probe", "SEG_HEADS"]
@@ -66,8 +66,8 @@ class SegProbeResult:
         try:
             for start in range(0, len(fs), batch_size):
                 rows = slice(start, start + batch_size)
-                out.append(_apply(head, _inputs(fs, rows, device, multiscale), tuple(out_size)).argmax(1)
-                           .to(torch.uint8).cpu())  # fmt: skip
+                logits = _apply(head, _inputs(fs, rows, device, multiscale), tuple(out_size))
+                out.append(class_map(logits).to(torch.uint8).cpu())
         finally:
             self.head.to("cpu")
         return torch.cat(out).numpy()
@@ -205,7 +205,7 @@ def _train_epoch(heads, opt, sched, fs: FeatureSet, masks: np.ndarray, task, bat
         if len(rows) < 2:  # batch norm cannot train on one image
             continue
         inputs = _inputs(fs, rows, device, multiscale)
-        target = torch.from_numpy(masks[rows].astype(np.int64)).to(device)
+        target = torch.from_numpy(masks[rows]).to(device)  # the loss takes any integer dtype
         opt.zero_grad(set_to_none=True)
         with autocast_context(device, use_autocast):
             losses = [task.loss(_apply(h, inputs, out_size), target) for h in heads]
@@ -229,6 +229,6 @@ def _evaluate(heads, fs: FeatureSet, masks: np.ndarray, num_classes: int, batch_
         inputs = _inputs(fs, rows, device, multiscale)
         truth = masks[rows].astype(np.int64)
         for k, h in enumerate(heads):
-            pred = _apply(h, inputs, masks.shape[1:]).argmax(1).cpu().numpy()
+            pred = class_map(_apply(h, inputs, masks.shape[1:])).cpu().numpy()
             dice[k].append(dice_per_image(truth, pred, num_classes))
     return [float(np.mean(np.concatenate(d))) for d in dice]
