@@ -353,6 +353,9 @@ def test_loss_errors() -> None:
         segmentation_loss(logits[:, :1], masks.clamp(max=0))
     with pytest.raises(DataError, match="outside the 2 classes"):  # the two-class path checks the same
         segmentation_loss(logits[:, :2], masks.to(torch.uint8))
+    for classes in (2, 3):  # one weight per class, whichever path
+        with pytest.raises(ConfigError, match="one weight per class"):
+            segmentation_loss(logits[:, :classes], masks.clamp(max=1), class_weights=torch.ones(4))
 
 
 def test_linear_head_learns_a_linear_token_mask() -> None:

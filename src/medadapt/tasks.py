@@ -341,6 +341,11 @@ def segmentation_loss(
     if masks.is_floating_point() or masks.is_complex():
         masks = masks.long()
     valid = _check_masks(logits, masks, ignore_index)
+    if class_weights is not None and class_weights.numel() != logits.shape[1]:
+        raise ConfigError(
+            f"class_weights hold {class_weights.numel()} values for {logits.shape[1]} classes; give one "
+            "weight per class (background first)"
+        )
     parts = kind.split("+")
     if logits.shape[1] == 2:
         return _binary_loss(logits, masks, valid, parts, class_weights, include_background, smooth)
@@ -391,7 +396,7 @@ def _binary_loss(
     ``[B, H, W]`` tensors instead of ``[B, 2, H, W]`` ones, with fused kernels. Full-resolution passes are
     most of a cached segmentation-probe step on CPU; binary masks are the common case.
     """
-    d = (logits[:, 1] - logits[:, 0]).float()
+    d = logits[:, 1].float() - logits[:, 0].float()  # in float32, as the softmax path (bf16 logits)
     fg = masks == 1
     target = fg.float()
     keep = None if valid is None else valid.float()
