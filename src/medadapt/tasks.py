@@ -350,8 +350,7 @@ def segmentation_loss(
     if logits.shape[1] == 2:
         return _binary_loss(logits, masks, valid, parts, class_weights, include_background, smooth)
     masks = masks.long()
-    # One log-softmax serves both parts (cross-entropy is its NLL, the Dice its exp): a second softmax over
-    # the full-resolution logits was a sixth of a cached probe step on CPU.
+    # One log-softmax serves both parts (cross-entropy is its NLL, the Dice its exp), not a softmax each.
     log_probs = F.log_softmax(logits.float(), dim=1)
     loss = logits.new_zeros((), dtype=torch.float32)
     if "ce" in parts:
@@ -405,7 +404,7 @@ def _binary_loss(
         weight = keep
         if class_weights is not None:
             w = class_weights.to(d.device, torch.float32)
-            weight = torch.where(fg, w[1], w[0]) if keep is None else torch.where(fg, w[1], w[0]) * keep
+            weight = torch.where(fg, w[1], w[0]) * (1 if keep is None else keep)
         if weight is None:
             loss = loss + F.binary_cross_entropy_with_logits(d, target)
         else:  # nll_loss's weighted mean: divided by the summed weights of the pixels that count
